@@ -1,0 +1,227 @@
+"""`pathwatch`: one entry point, a subcommand per job.
+
+Jobs that need torch (train, eval on a checkpoint) import `export/` inside their handler, so
+the daemon's commands work on a device without torch. Bad input ends with one line on stderr
+and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+console = Console(stderr=True)
+out = Console()
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for; printed as one line, exit code 2."""
+
+
+def _progress():
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=console, transient=False)
+
+
+# ---------------------------------------------------------------------------------- train
+def add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a base diffusion UNet on an image source",
+                       description="Train a base UNet. DATA is a dataset spec: fmnist:train, "
+                       "digits, photos:train, textures, lfw, folder:PATH, video:PATH or a path.")
+    p.add_argument("--data", required=True, help="image source spec (see above)")
+    p.add_argument("--out", required=True, help="run directory (checkpoints, train.json, samples.png)")
+    p.add_argument("--model", default="tiny", help="architecture preset: tiny, small, base")
+    p.add_argument("--config", help="YAML/JSON model config (improved-diffusion flag names) "
+                   "instead of a preset")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--minutes", type=float, help="stop after this much training time")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--ema-rate", type=float, default=0.999)
+    p.add_argument("--save-every", type=int, default=500)
+    p.add_argument("--limit", type=int, help="use at most this many training images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(a) -> int:
+    from export.checkpoint import read_config_file
+    from export.train import Trainer, TrainSettings
+    from export.unet import preset_config
+
+    _check_device(a.device)
+    out_dir = Path(a.out)
+    if a.resume and not (out_dir / "train.json").exists():
+        raise UsageError(f"--resume: {out_dir} has no train.json; start without --resume")
+    if not a.resume and (out_dir / "train.json").exists():
+        raise UsageError(f"{out_dir} already holds a run; pass --resume or choose another --out")
+    settings = TrainSettings(data=a.data, out=a.out, image_size=a.image_size,
+                             batch_size=a.batch_size, lr=a.lr, ema_rate=a.ema_rate,
+                             steps=a.steps, minutes=a.minutes, save_every=a.save_every,
+                             seed=a.seed, device=a.device, limit=a.limit)
+    if a.resume:
+        saved = json.loads((out_dir / "train.json").read_text())
+        from export.unet import ModelConfig
+        cfg = ModelConfig.from_dict(saved["model_config"])
+    else:
+        cfg = read_config_file(a.config) if a.config else preset_config(a.model, a.image_size)
+    settings.image_size = cfg.image_size
+    trainer = Trainer(settings, cfg, resume=a.resume)
+    console.print(f"training {trainer.parameters:,} parameters on {len(trainer.data):,} images "
+                  f"from [bold]{a.data}[/] -> {out_dir}")
+    with _progress() as prog:
+        task = prog.add_task("train", total=a.steps, completed=trainer.state.step, info="")
+
+        def on_step(st, loss):
+            prog.update(task, completed=st.step,
+                        info=f"loss {loss:.4f}  {st.images_per_second:.0f} img/s")
+        state = trainer.run(on_step)
+    preview = trainer.save_preview()
+    info = trainer.save()
+    summary = {"out": str(out_dir), "steps": state.step, "seconds": round(state.seconds, 1),
+               "images_per_second": info["images_per_second"], "final_loss": info["final_loss"],
+               "parameters": info["parameters"], "ema_sha256": info["ema_sha256"],
+               "preview": str(preview)}
+    _print_mapping("training run", summary)
+    return 0
+
+
+# ----------------------------------------------------------------------------------- eval
+def add_eval(sub) -> None:
+    from .datasets import dataset_names
+
+    p = sub.add_parser("eval", help="OOD detection metrics of a checkpoint's path features",
+                       description="Fit a density on --fit features, score --test (in) against "
+                       f"each --ood set. Sets: {', '.join(dataset_names())}, folder:PATH, video:PATH.")
+    p.add_argument("--checkpoint", required=True,
+                   help="run directory, .safetensors, or a foreign improved-diffusion .pt")
+    p.add_argument("--config", help="model config for a foreign .pt (e.g. DiffPath's YAML)")
+    p.add_argument("--variant", action="append", default=None,
+                   help="feature variant, repeatable: diffpath6d, diffpath1d, 6d+ssim, "
+                   "amplified-eps, error/inversion, error/forward, or 'all' (default diffpath6d)")
+    p.add_argument("--k", type=int, default=10, help="DDIM steps (ddimK striding)")
+    p.add_argument("--timesteps", help="explicit comma-separated timestep list instead of --k")
+    p.add_argument("--lam", type=float, default=1.0, help="SSIM amplification lambda")
+    p.add_argument("--ssim-sigma", type=float, default=1.5, help="SSIM Gaussian window sigma")
+    p.add_argument("--fit", required=True, help="in-distribution set to fit the density on")
+    p.add_argument("--test", required=True, help="in-distribution test set")
+    p.add_argument("--ood", action="append", required=True, help="out-of-distribution set (repeatable)")
+    p.add_argument("--n-fit", type=int, default=2000)
+    p.add_argument("--n-test", type=int, default=1000)
+    p.add_argument("--density", default="auto", choices=["auto", "gmm-bic", "gmm-cv", "kde"])
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "pathwatch" / "features"),
+                   help="feature cache ('' disables)")
+    p.add_argument("--json", help="also write the results as JSON here")
+    p.set_defaults(func=cmd_eval)
+
+
+def parse_variants(names: list[str] | None, lam: float, sigma: float):
+    from export.features import FeatureSpec
+
+    names = names or ["diffpath6d"]
+    if "all" in names:
+        names = ["diffpath6d", "diffpath1d", "6d+ssim", "amplified-eps", "error/inversion",
+                 "error/forward"]
+    specs = []
+    for n in names:
+        variant, _, traj = n.partition("/")
+        specs.append(FeatureSpec(variant, traj or "inversion", lam, sigma))
+    return specs
+
+
+def schedule_for(cfg, k: int, timesteps: str | None):
+    from export.schedule import ReducedSchedule
+
+    if timesteps:
+        ts = tuple(int(t) for t in timesteps.split(","))
+        return ReducedSchedule(cfg.noise_schedule, cfg.diffusion_steps, ts)
+    return ReducedSchedule.ddim(cfg.noise_schedule, cfg.diffusion_steps, k)
+
+
+def cmd_eval(a) -> int:
+    from export.checkpoint import load_checkpoint
+    from export.pipeline import TorchExtractor
+
+    from .evaluation import EvalTask, FeatureCache, results_json, results_table, run_eval
+
+    _check_device(a.device)
+    loaded = load_checkpoint(a.checkpoint, a.config, a.device)
+    sched = schedule_for(loaded.config, a.k, a.timesteps)
+    specs = parse_variants(a.variant, a.lam, a.ssim_sigma)
+    extractor = TorchExtractor(loaded, sched, specs, a.batch_size, a.device)
+    task = EvalTask(a.fit, a.test, a.ood, a.n_fit, a.n_test, a.seed)
+    with _progress() as prog:
+        def progress(name, total):
+            t = prog.add_task(f"features {name}", total=total, info=f"K={sched.k}")
+            return lambda n: prog.advance(t, n)
+        results = run_eval(extractor, task, FeatureCache(a.cache_dir or None), a.density, progress)
+    out.print(results_table(results, f"OOD detection, K={sched.k} {list(sched.timesteps)}"))
+    if a.json:
+        meta = {"checkpoint": str(loaded.path), "weights_sha256": loaded.weights_sha256,
+                "schedule": sched.to_dict(), "task": vars(task)}
+        Path(a.json).write_text(results_json(results, meta))
+        console.print(f"wrote {a.json}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------- main
+def _check_device(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: no CUDA GPU is visible to torch; use --device cpu")
+
+
+def _print_mapping(title: str, data: dict) -> None:
+    from rich.table import Table
+
+    t = Table(title=title, show_header=False)
+    for k, v in data.items():
+        t.add_row(k, str(v))
+    out.print(t)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pathwatch", description="Diffusion-path anomaly "
+                                     "monitor for cameras.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train(sub)
+    add_eval(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, ValueError, FileNotFoundError) as e:
+        console.print(f"[red]pathwatch {args.command}: error:[/] {e}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
+    except ModuleNotFoundError as e:
+        if e.name in ("torch", "safetensors", "onnx"):
+            console.print(f"[red]pathwatch {args.command}: error:[/] needs {e.name}; install "
+                          "the export extra: pip install 'pathwatch[export]'", highlight=False)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Per-pixel SSIM in torch (exportable to ONNX), matching scikit-image's
+`structural_similarity(..., gaussian_weights=True, sigma=1.5, use_sample_covariance=False, full=True)`:
+separable Gaussian window truncated at 3.5 sigma, symmetric ('reflect' in scipy) borders,
+Wang et al.'s constants K1 = 0.01 and K2 = 0.03.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def gaussian_taps(sigma: float = 1.5, truncate: float = 3.5) -> torch.Tensor:
+    """scipy.ndimage's Gaussian kernel: radius int(truncate * sigma + 0.5), normalised."""
+    radius = int(truncate * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    w = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (w / w.sum()).float()
+
+
+def _symmetric_index(n: int, pad: int) -> torch.Tensor:
+    """Indices that pad a length-n axis by `pad` on each side, repeating the edge sample
+    (numpy 'symmetric' == scipy 'reflect'); a Gather in ONNX."""
+    idx = list(range(pad - 1, -1, -1)) + list(range(n)) + list(range(n - 1, n - 1 - pad, -1))
+    return torch.tensor([min(max(i, 0), n - 1) for i in idx])
+
+
+def _blur(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian filter of (N, C, H, W) with symmetric borders, per channel."""
+    n, c, h, w = x.shape
+    pad = taps.numel() // 2
+    x = x[:, :, _symmetric_index(h, pad)][:, :, :, _symmetric_index(w, pad)]
+    k = taps.to(x.device, x.dtype)
+    x = F.conv2d(x, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    return F.conv2d(x, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+
+
+def ssim_map(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0, sigma: float = 1.5,
+             truncate: float = 3.5) -> torch.Tensor:
+    """SSIM per pixel and channel of two (N, C, H, W) batches; returns (N, C, H, W).
+
+    data_range 2.0 suits images in [-1, 1].
+    """
+    taps = gaussian_taps(sigma, truncate)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_a, mu_b = _blur(a, taps), _blur(b, taps)
+    var_a = _blur(a * a, taps) - mu_a * mu_a
+    var_b = _blur(b * b, taps) - mu_b * mu_b
+    cov = _blur(a * b, taps) - mu_a * mu_b
+    num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
+    den = (mu_a * mu_a + mu_b * mu_b + c1) * (var_a + var_b + c2)
+    return num / den
+
+
+def ssim_window_size(sigma: float, truncate: float = 3.5) -> int:
+    return 2 * int(truncate * sigma + 0.5) + 1
