@@ -25,13 +25,16 @@ def _symmetric_index(n: int, pad: int) -> torch.Tensor:
 
 
 def _blur(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian filter of (N, C, H, W) with symmetric borders, per channel."""
+    """Separable Gaussian filter of (N, C, H, W) with symmetric borders, per channel.
+
+    Channels are folded into the batch so the kernel has a fixed shape (exportable)."""
     n, c, h, w = x.shape
     pad = taps.numel() // 2
     x = x[:, :, _symmetric_index(h, pad)][:, :, :, _symmetric_index(w, pad)]
+    x = x.reshape(n * c, 1, h + 2 * pad, w + 2 * pad)
     k = taps.to(x.device, x.dtype)
-    x = F.conv2d(x, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
-    return F.conv2d(x, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    x = F.conv2d(F.conv2d(x, k.view(1, 1, -1, 1)), k.view(1, 1, 1, -1))
+    return x.reshape(n, c, h, w)
 
 
 def ssim_map(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0, sigma: float = 1.5,

@@ -99,7 +99,7 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
         self._update_ema()
-        return float(loss)
+        return float(loss.detach())
 
     @torch.no_grad()
     def _update_ema(self) -> None:

@@ -3,32 +3,13 @@ import numpy as np
 import torch
 
 from export.paths import ddim_inversion, ddim_sample, eps_fn_for, fixed_noise, forward_path
-from export.schedule import ReducedSchedule, beta_schedule
-from export.unet import UNetModel, preset_config
+from export.schedule import ReducedSchedule
+from export.unet import preset_config
+from reference import random_unet, reference_inversion
 
 
 def _model():
-    torch.manual_seed(0)
-    m = UNetModel(preset_config("tiny", image_size=16, channel_mult=(1, 2))).eval()
-    for p in m.parameters():
-        torch.nn.init.normal_(p, 0, 0.05)
-    return m
-
-
-def _reference_inversion(eps_fn, x0, steps, taus, clip=True):
-    abar_full = np.cumprod(1 - beta_schedule("cosine", steps))
-    abar = [abar_full[t] for t in taus] + [0.0]
-    x, out = x0.double().numpy(), []
-    for i, t in enumerate(taus):
-        t_model = torch.full((x.shape[0],), t * 1000.0 / steps)
-        e = eps_fn(torch.from_numpy(x).float(), t_model).double().numpy()
-        x0_hat = (x - np.sqrt(1 - abar[i]) * e) / np.sqrt(abar[i])
-        if clip:
-            x0_hat = np.clip(x0_hat, -1, 1)
-        e = (x - np.sqrt(abar[i]) * x0_hat) / np.sqrt(1 - abar[i])
-        out.append(e)
-        x = np.sqrt(abar[i + 1]) * x0_hat + np.sqrt(1 - abar[i + 1]) * e
-    return np.stack(out)
+    return random_unet(preset_config("tiny", image_size=16, channel_mult=(1, 2)))
 
 
 def test_inversion_matches_straightforward_float64_loop():
@@ -37,7 +18,7 @@ def test_inversion_matches_straightforward_float64_loop():
     sched = ReducedSchedule.ddim("cosine", 1000, 5)
     with torch.no_grad():
         path = ddim_inversion(eps_fn_for(model), x0, sched)
-        ref = _reference_inversion(eps_fn_for(model), x0, 1000, sched.timesteps)
+        ref = reference_inversion(eps_fn_for(model), x0, 1000, sched.timesteps)[0]
     assert path.eps.shape == (5, 3, 3, 16, 16)
     np.testing.assert_allclose(path.eps.numpy(), ref, rtol=1e-4, atol=1e-4)
 
