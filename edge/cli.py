@@ -57,7 +57,7 @@ def add_train(sub) -> None:
 def cmd_train(a) -> int:
     from export.checkpoint import read_config_file
     from export.train import Trainer, TrainSettings
-    from export.unet import preset_config
+    from export.unet import ModelConfig, preset_config
 
     _check_device(a.device)
     out_dir = Path(a.out)
@@ -71,7 +71,6 @@ def cmd_train(a) -> int:
                              seed=a.seed, device=a.device, limit=a.limit)
     if a.resume:
         saved = json.loads((out_dir / "train.json").read_text())
-        from export.unet import ModelConfig
         cfg = ModelConfig.from_dict(saved["model_config"])
     else:
         cfg = read_config_file(a.config) if a.config else preset_config(a.model, a.image_size)

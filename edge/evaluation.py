@@ -106,10 +106,9 @@ def set_features(extractor: FeatureExtractor, spec: str, limit: int | None, seed
                  ) -> list[np.ndarray]:
     """Features of one image set for every spec of the extractor, from cache where possible."""
     ident = extractor.identity()
-    keys = [{"features": f, "data": spec, "size": extractor.image_size, "limit": limit,
-             "seed": seed, "format": 1} for f in ident["features"]]
-    base = {k: v for k, v in ident.items() if k != "features"}
-    keys = [{**base, **k} for k in keys]
+    common = {k: v for k, v in ident.items() if k != "features"}
+    keys = [{**common, "features": f, "data": spec, "size": extractor.image_size,
+             "limit": limit, "seed": seed, "format": 1} for f in ident["features"]]
     cached = [cache.get(k) for k in keys]
     if all(c is not None for c in cached):
         return cached

@@ -5,8 +5,11 @@ evaluations unrolled with shared weights, then the chosen path statistic.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
+
+from edge.datasets import to_model_input
 
 from .features import FeatureSpec, features_from_path, path_for
 from .paths import eps_fn_for
@@ -73,10 +76,6 @@ class TorchExtractor:
                 "features": [s.to_dict() for s in self.specs]}
 
     def extract(self, images, progress=None) -> list:
-        import numpy as np
-
-        from edge.datasets import to_model_input
-
         chunks: list[list] = [[] for _ in self.specs]
         for start in range(0, len(images), self.batch_size):
             x0 = torch.from_numpy(to_model_input(images[start:start + self.batch_size]))
