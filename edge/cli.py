@@ -102,8 +102,13 @@ def add_eval(sub) -> None:
     p = sub.add_parser("eval", help="OOD detection metrics of a checkpoint's path features",
                        description="Fit a density on --fit features, score --test (in) against "
                        f"each --ood set. Sets: {', '.join(dataset_names())}, folder:PATH, video:PATH.")
-    p.add_argument("--checkpoint", required=True,
-                   help="run directory, .safetensors, or a foreign improved-diffusion .pt")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint",
+                     help="run directory, .safetensors, or a foreign improved-diffusion .pt")
+    src.add_argument("--bundle", help="an exported bundle directory (runs its graph on an edge "
+                     "backend; variant and schedule come from the bundle)")
+    p.add_argument("--backend", default="auto", help="with --bundle: auto, onnxruntime, "
+                   "tensorrt or torch")
     p.add_argument("--config", help="model config for a foreign .pt (e.g. DiffPath's YAML)")
     p.add_argument("--variant", action="append", default=None,
                    help="feature variant, repeatable: diffpath6d, diffpath1d, 6d+ssim, "
@@ -150,30 +155,209 @@ def schedule_for(cfg, k: int, timesteps: str | None):
     return ReducedSchedule.ddim(cfg.noise_schedule, cfg.diffusion_steps, k)
 
 
-def cmd_eval(a) -> int:
+def _torch_extractor(a):
     from export.checkpoint import load_checkpoint
     from export.pipeline import TorchExtractor
-
-    from .evaluation import EvalTask, FeatureCache, results_json, results_table, run_eval
 
     _check_device(a.device)
     loaded = load_checkpoint(a.checkpoint, a.config, a.device)
     sched = schedule_for(loaded.config, a.k, a.timesteps)
     specs = parse_variants(a.variant, a.lam, a.ssim_sigma)
-    extractor = TorchExtractor(loaded, sched, specs, a.batch_size, a.device)
+    meta = {"checkpoint": str(loaded.path), "weights_sha256": loaded.weights_sha256,
+            "schedule": sched.to_dict()}
+    return TorchExtractor(loaded, sched, specs, a.batch_size, a.device), sched.timesteps, meta
+
+
+def _bundle_extractor(a):
+    from .backends import load_backend
+    from .bundle import Bundle
+    from .evaluation import BundleExtractor
+
+    if a.variant or a.timesteps:
+        raise UsageError("--variant and --timesteps come from the bundle; export another "
+                         "bundle to change them")
+    bundle = Bundle.load(a.bundle)
+    backend = load_backend(bundle, a.backend, max_batch=a.batch_size,
+                           log=lambda m: console.print(m, highlight=False))
+    meta = {"bundle": str(bundle.root), **bundle.identity(), "backend": backend.describe()}
+    return BundleExtractor(bundle, backend), bundle.timesteps, meta
+
+
+def cmd_eval(a) -> int:
+    from .evaluation import EvalTask, FeatureCache, results_json, results_table, run_eval
+
+    extractor, timesteps, meta = _bundle_extractor(a) if a.bundle else _torch_extractor(a)
     task = EvalTask(a.fit, a.test, a.ood, a.n_fit, a.n_test, a.seed)
+    k = len(timesteps)
     with _progress() as prog:
         def progress(name, total):
-            t = prog.add_task(f"features {name}", total=total, info=f"K={sched.k}")
+            t = prog.add_task(f"features {name}", total=total, info=f"K={k}")
             return lambda n: prog.advance(t, n)
         results = run_eval(extractor, task, FeatureCache(a.cache_dir or None), a.density, progress)
-    out.print(results_table(results, f"OOD detection, K={sched.k} {list(sched.timesteps)}"))
+    out.print(results_table(results, f"OOD detection, K={k} {list(timesteps)}"))
     if a.json:
-        meta = {"checkpoint": str(loaded.path), "weights_sha256": loaded.weights_sha256,
-                "schedule": sched.to_dict(), "task": vars(task)}
+        meta["task"] = vars(task)
         Path(a.json).write_text(results_json(results, meta))
         console.print(f"wrote {a.json}")
     return 0
+
+
+# --------------------------------------------------------------------------------- export
+def add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a checkpoint as a bundle (ONNX graph + manifest)",
+                       description="Write a bundle: the whole reduced schedule and one feature "
+                       "variant as one ONNX graph (uint8 NHWC RGB in; features and heatmap out), "
+                       "a manifest, the weights and parity references. ONNX Runtime must "
+                       "reproduce torch on real images or the export fails.")
+    p.add_argument("--checkpoint", required=True, help="run directory, .safetensors or .pt")
+    p.add_argument("--config", help="model config for a foreign .pt")
+    p.add_argument("--out", required=True, help="bundle directory to write")
+    p.add_argument("--variant", default="6d+ssim", help="diffpath6d, diffpath1d, 6d+ssim, "
+                   "amplified-eps, error/inversion or error/forward")
+    p.add_argument("--k", type=int, default=3, help="DDIM steps (ddimK striding)")
+    p.add_argument("--timesteps", help="explicit comma-separated timestep list instead of --k")
+    p.add_argument("--lam", type=float, default=1.0, help="SSIM amplification lambda")
+    p.add_argument("--ssim-sigma", type=float, default=1.5)
+    p.add_argument("--parity-data", action="append", help="image set(s) for the parity gate "
+                   "(repeatable; default photos:test and digits; folder:PATH for your own)")
+    p.add_argument("--parity-n", type=int, default=128, help="images in the parity gate")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--max-batch", type=int, default=64, help="largest batch the engines take")
+    p.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines here")
+    p.add_argument("--precision", action="append", choices=["fp16", "fp32"],
+                   help="TensorRT precision, repeatable (default fp16)")
+    p.add_argument("--json", help="write the parity report(s) as JSON here")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(a) -> int:
+    from export.bundle_export import DEFAULT_PARITY_DATA, ParityFailure, export_bundle
+
+    if a.k < 1:
+        raise UsageError(f"--k {a.k}: need at least one step")
+    loaded_cfg = None
+    if a.timesteps:
+        from export.checkpoint import load_checkpoint
+        loaded_cfg = load_checkpoint(a.checkpoint, a.config).config
+    spec = parse_variants([a.variant], a.lam, a.ssim_sigma)[0]
+    sched = schedule_for(loaded_cfg, a.k, a.timesteps) if a.timesteps else None
+    log = lambda m: console.print(m, highlight=False)  # noqa: E731
+    try:
+        result = export_bundle(a.checkpoint, a.out, spec, sched, a.k, a.config,
+                               a.parity_data or DEFAULT_PARITY_DATA, a.parity_n, a.opset,
+                               a.max_batch, log=log)
+    except ParityFailure as e:
+        _print_parity([e.report])
+        console.print(f"[red]pathwatch export: parity gate failed[/]; the bundle is left at "
+                      f"{e.where} for inspection", highlight=False)
+        return 1
+    reports = [result.parity]
+    if a.tensorrt:
+        reports += _build_engines(result.bundle, a.precision or ["fp16"], a.max_batch, log)
+    _print_parity(reports)
+    if a.json:
+        Path(a.json).write_text(json.dumps([r.to_dict() for r in reports], indent=1))
+    out.print(f"bundle written to {result.bundle.root} ({result.bundle.label}); export "
+              f"{result.seconds['export']:.1f} s, parity {result.seconds['parity']:.1f} s")
+    return 0 if all(r.passed for r in reports) else 1
+
+
+def _build_engines(bundle, precisions, max_batch, log) -> list:
+    from .backends.tensorrt_backend import TensorRTBackend, build_engine
+
+    reports = []
+    for precision in precisions:
+        build_engine(bundle, precision, max_batch, log=log)
+        backend = TensorRTBackend(bundle, max_batch, precision, log=log)
+        reports.append(_verify_backend(bundle, backend, precision))
+        backend.close()
+    return reports
+
+
+# --------------------------------------------------------------------------------- bundle
+def add_bundle(sub) -> None:
+    p = sub.add_parser("bundle", help="inspect and verify bundles")
+    bsub = p.add_subparsers(dest="bundle_command", required=True)
+    v = bsub.add_parser("verify", help="check a bundle's files and re-run its parity check",
+                        description="Check the manifest, the graph hash and the graph's embedded "
+                        "contract, then run the bundle on the images recorded at export with each "
+                        "backend and compare with the torch outputs recorded then.")
+    v.add_argument("bundle", help="bundle directory")
+    v.add_argument("--backend", action="append", help="backend(s) to check (default auto)")
+    v.add_argument("--checkpoint", help="also check that the bundle was exported from this file")
+    v.add_argument("--precision", default="fp32", choices=["fp16", "fp32"],
+                   help="tolerances (and TensorRT engine precision) to apply")
+    v.add_argument("--json", help="write the report(s) as JSON here")
+    v.set_defaults(func=cmd_bundle_verify)
+    i = bsub.add_parser("info", help="print a bundle's manifest summary")
+    i.add_argument("bundle")
+    i.set_defaults(func=cmd_bundle_info)
+
+
+def cmd_bundle_info(a) -> int:
+    from .bundle import Bundle
+
+    b = Bundle.load(a.bundle)
+    m = b.manifest
+    _print_mapping(str(b.root), {
+        "model": f"{m['model']['name']} ({m['model'].get('parameters', '?'):,} parameters)",
+        "weights sha256": b.weights_sha256, "features": f"{b.label}: {', '.join(b.feature_names)}",
+        "timesteps": b.timesteps, "input": f"{m['input']['dtype']} {m['input']['layout']} "
+        f"{m['input']['height']}x{m['input']['width']} {m['input']['color_order']}",
+        "graph": f"{m['graph']['file']} opset {m['graph']['opset']}, {m['graph']['exporter']}",
+        "engines": ", ".join(e["file"] for e in b.engines) or "none",
+        "parity": m.get("parity", {}).get("onnxruntime_cpu", {}).get("passed", "not run")})
+    return 0
+
+
+def _verify_backend(bundle, backend, precision: str):
+    from .parity import compare
+
+    ref = bundle.parity_reference()
+    if ref is None:
+        raise UsageError(f"{bundle.root} has no parity.npz; re-export it to record references")
+    feats, maps = backend(ref["images"])
+    return compare(backend.name, bundle.feature_names, ref["features"], ref["heatmap"],
+                   feats, maps, precision)
+
+
+def cmd_bundle_verify(a) -> int:
+    from .backends import load_backend
+    from .bundle import Bundle, sha256_of
+
+    bundle = Bundle.load(a.bundle)
+    if a.checkpoint:
+        sha = sha256_of(a.checkpoint)
+        known = {bundle.weights_sha256, bundle.manifest["model"].get("source_sha256")}
+        if sha not in known:
+            raise UsageError(f"weights hash mismatch: {a.checkpoint} has sha256 {sha[:12]}..., "
+                             f"the bundle was exported from {bundle.weights_sha256[:12]}...; "
+                             "re-export the bundle from this checkpoint")
+    log = lambda m: console.print(m, highlight=False)  # noqa: E731
+    reports = []
+    for kind in a.backend or ["auto"]:
+        backend = load_backend(bundle, kind, precision=a.precision, warmup=False, log=log)
+        reports.append(_verify_backend(bundle, backend, a.precision))
+        backend.close()
+    _print_parity(reports)
+    if a.json:
+        Path(a.json).write_text(json.dumps([r.to_dict() for r in reports], indent=1))
+    return 0 if all(r.passed for r in reports) else 1
+
+
+def _print_parity(reports) -> None:
+    from rich.table import Table
+
+    t = Table(title="parity against torch")
+    for col in ("backend", "images", "features rel (max / L2)", "worst", "heatmap rel (max / L2)",
+                "score Spearman", "result"):
+        t.add_column(col)
+    for r in reports:
+        rho = "n/a" if r.score_spearman is None else f"{r.score_spearman:.6f}"
+        t.add_row(r.backend, str(r.images), f"{r.features_rel:.2e} / {r.features_rel_l2:.2e}",
+                  r.worst_feature, f"{r.heatmap_rel:.2e} / {r.heatmap_rel_l2:.2e}", rho,
+                  "[green]pass[/]" if r.passed else "[red]FAIL[/] " + "; ".join(r.failures))
+    out.print(t)
 
 
 # ----------------------------------------------------------------------------------- main
@@ -200,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_train(sub)
     add_eval(sub)
+    add_export(sub)
+    add_bundle(sub)
     return parser
 
 
@@ -208,8 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (UsageError, ValueError, FileNotFoundError) as e:
-        console.print(f"[red]pathwatch {args.command}: error:[/] {e}", highlight=False)
+    except (UsageError, ValueError, FileNotFoundError, RuntimeError) as e:
+        console.print(f"[red]pathwatch {args.command}: error:[/] {e}", highlight=False,
+                      soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("interrupted")

@@ -165,3 +165,27 @@ def results_table(results: list[PairResult], title: str = "OOD detection"):
 def results_json(results: list[PairResult], meta: dict) -> str:
     return json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=1)
 
+
+
+class BundleExtractor:
+    """The evaluation FeatureExtractor for an exported bundle, run by any edge backend."""
+
+    def __init__(self, bundle, backend):
+        self.bundle, self.backend = bundle, backend
+        self.image_size = bundle.image_size[0]
+        self.labels = [bundle.manifest["features"].get("label", bundle.label)]
+
+    def identity(self) -> dict:
+        ident = self.bundle.identity()
+        return {"weights_sha256": ident["weights_sha256"], "graph_sha256": ident["graph_sha256"],
+                "backend": self.backend.name, "schedule": ident["schedule"],
+                "features": [ident["features"]["spec"]]}
+
+    def extract(self, images: np.ndarray, progress: ProgressFn | None = None) -> list[np.ndarray]:
+        chunks = []
+        for start in range(0, len(images), self.backend.max_batch):
+            f, _ = self.backend(images[start:start + self.backend.max_batch])
+            chunks.append(f)
+            if progress:
+                progress(len(f))
+        return [np.concatenate(chunks) if chunks else np.zeros((0, self.backend.dim), np.float32)]

@@ -30,6 +30,7 @@ class DiffPathPipeline(nn.Module):
         self.model = model.eval()
         self.sched, self.spec = sched, spec
         self.uint8_input, self.acc_dtype = uint8_input, acc_dtype
+        self.eval()  # the whole module, so tracing (which restores modes) never enables dropout
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         if not self.uint8_input:

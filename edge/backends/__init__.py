@@ -1,0 +1,96 @@
+"""Backends run a bundle's pipeline graph: onnxruntime, tensorrt or torch, chosen by config.
+
+`auto` takes the fastest one this machine can run and says why; every choice is logged, so a
+device that quietly fell back to the CPU is visible in the first lines of the log.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+
+from ..bundle import Bundle
+from .base import Backend, BackendError
+
+KINDS = ("auto", "onnxruntime", "tensorrt", "torch")
+
+
+@dataclass
+class Capabilities:
+    """What this machine offers, gathered without importing torch or touching a GPU needlessly."""
+
+    ort_providers: list[str] = field(default_factory=list)
+    tensorrt: bool = False  # tensorrt + cuda-python importable and a GPU visible
+    torch: bool = False
+    torch_cuda: bool = False
+
+
+def has_module(name: str) -> bool:
+    """Installed and importable in principle, without importing it."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a parent missing, or an import hook refusing it
+        return False
+
+
+def probe(check_torch_cuda: bool = True) -> Capabilities:
+    from .onnxruntime_backend import available_providers
+
+    caps = Capabilities(ort_providers=available_providers())
+    if has_module("tensorrt") and (has_module("cuda.bindings") or has_module("cuda")):
+        try:
+            from .tensorrt_backend import gpu_identity
+            gpu_identity()
+            caps.tensorrt = True
+        except Exception:  # no driver, no device: TensorRT is simply not an option here
+            caps.tensorrt = False
+    caps.torch = has_module("torch")
+    if caps.torch and check_torch_cuda and not caps.tensorrt and \
+            "CUDAExecutionProvider" not in caps.ort_providers:
+        import torch  # only reached when torch is the sole route to a GPU
+        caps.torch_cuda = torch.cuda.is_available()
+    return caps
+
+
+def choose(requested: str, caps: Capabilities) -> tuple[str, str]:
+    """(backend, reason). Pure, so the policy is testable on any machine."""
+    if requested not in KINDS:
+        raise BackendError(f"backend {requested!r} is unknown; use one of {', '.join(KINDS)}")
+    if requested != "auto":
+        return requested, "as requested"
+    gpu_ep = [p for p in caps.ort_providers if p != "CPUExecutionProvider"]
+    if caps.tensorrt:
+        return "tensorrt", "TensorRT and a CUDA GPU are available"
+    if gpu_ep:
+        return "onnxruntime", f"onnxruntime has {gpu_ep[0]}"
+    if caps.torch_cuda:
+        return "torch", "torch sees a CUDA GPU and no TensorRT/onnxruntime GPU build is installed"
+    if caps.ort_providers:
+        return "onnxruntime", "no GPU runtime found; onnxruntime on the CPU"
+    if caps.torch:
+        return "torch", "onnxruntime is not installed; torch on the CPU"
+    raise BackendError("no backend can run here: install onnxruntime (pip install onnxruntime)")
+
+
+def load_backend(bundle: Bundle, kind: str = "auto", *, max_batch: int = 64,
+                 threads: int | None = None, cache_dir=None, precision: str = "fp16",
+                 rebuild_engines: bool = False, warmup: bool = True, log=print) -> Backend:
+    name, reason = choose(kind, probe() if kind == "auto" else Capabilities())
+    if name == "onnxruntime":
+        from .onnxruntime_backend import OnnxRuntimeBackend
+        backend: Backend = OnnxRuntimeBackend(bundle, max_batch, threads, cache_dir=cache_dir,
+                                              fp16=precision == "fp16")
+    elif name == "tensorrt":
+        from .tensorrt_backend import TensorRTBackend
+        backend = TensorRTBackend(bundle, max_batch, precision, rebuild_engines,
+                                  cache_dir=cache_dir, log=log)
+    else:
+        from .torch_backend import TorchBackend
+        backend = TorchBackend(bundle, max_batch, fp16=precision == "fp16", threads=threads)
+    if warmup:
+        backend.warmup()
+    log(f"backend {backend.name} on {backend.device} ({reason}); max batch {backend.max_batch}"
+        + (f", warm-up {backend.warmup_s:.2f} s" if warmup else ""))
+    return backend
+
+
+__all__ = ["Backend", "BackendError", "Capabilities", "KINDS", "choose", "load_backend", "probe"]

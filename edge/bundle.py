@@ -1,0 +1,185 @@
+"""The bundle: what `pathwatch export` writes and the edge runtime reads (no torch here).
+
+A bundle is a directory:
+
+    manifest.json        the contract: model, weights hash, input format, schedule, features,
+                         graph file and hash, exporter and versions, parity figures, engines
+    pipeline.onnx        the whole K-step path and feature statistic as one graph
+    weights.safetensors  the UNet weights (for the torch backend and for re-exports)
+    parity.npz           a few real images with the torch outputs recorded at export, so
+                         `pathwatch bundle verify` can check any backend on any device
+    engines/             TensorRT engines, named by GPU, TensorRT version and precision
+
+Loading checks the manifest's shape and the graph's hash, and (where onnxruntime is present)
+that the contract embedded in the graph's metadata agrees with the manifest, so an edited
+manifest or a swapped graph is refused instead of silently mis-scoring.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "pathwatch-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+GRAPH = "pipeline.onnx"
+WEIGHTS = "weights.safetensors"
+PARITY = "parity.npz"
+CONTRACT_KEY = "pathwatch.contract"  # ONNX metadata_props key holding contract_of(manifest)
+
+REQUIRED = {
+    "model": ("name", "config", "weights_sha256"),
+    "input": ("name", "dtype", "layout", "height", "width", "channels", "color_order",
+              "value_range", "resize"),
+    "schedule": ("kind", "steps", "timesteps"),
+    "features": ("spec", "names"),
+    "graph": ("file", "sha256", "opset", "exporter", "outputs"),
+}
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used as it is; the message says what and how to fix it."""
+
+
+def sha256_of(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def contract_of(manifest: dict) -> dict:
+    """The part of the manifest the graph's numbers depend on; embedded in the graph too."""
+    return {"weights_sha256": manifest["model"]["weights_sha256"],
+            "input": {k: manifest["input"][k] for k in REQUIRED["input"]},
+            "schedule": {k: manifest["schedule"][k] for k in REQUIRED["schedule"]},
+            "features": manifest["features"]}
+
+
+def canonical(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass
+class Bundle:
+    root: Path
+    manifest: dict
+    engines: list[dict] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ reading
+    @classmethod
+    def load(cls, root: str | Path, check_hash: bool = True) -> "Bundle":
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            raise BundleError(f"bundle {root} is not a directory; create one with "
+                              "`pathwatch export --checkpoint RUN --out DIR`")
+        path = root / MANIFEST
+        if not path.is_file():
+            raise BundleError(f"{path} is missing; this is not a bundle directory (re-export it)")
+        try:
+            manifest = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise BundleError(f"{path} is not valid JSON ({e}); re-export the bundle") from None
+        bundle = cls(root, manifest, list(manifest.get("engines", [])))
+        bundle.validate(check_hash)
+        return bundle
+
+    def validate(self, check_hash: bool = True) -> None:
+        m, where = self.manifest, self.root / MANIFEST
+        if not isinstance(m, dict) or m.get("format") != FORMAT:
+            raise BundleError(f"{where}: not a pathwatch bundle manifest (format is "
+                              f"{m.get('format') if isinstance(m, dict) else type(m).__name__!r})")
+        if m.get("format_version") != FORMAT_VERSION:
+            raise BundleError(f"{where}: format_version {m.get('format_version')} is not "
+                              f"supported (this pathwatch reads {FORMAT_VERSION}); re-export it")
+        for section, keys in REQUIRED.items():
+            if not isinstance(m.get(section), dict):
+                raise BundleError(f"{where}: section '{section}' is missing; re-export the bundle")
+            missing = [k for k in keys if k not in m[section]]
+            if missing:
+                raise BundleError(f"{where}: {section}.{missing[0]} is missing; re-export the bundle")
+        if len(m["features"]["names"]) < 1 or len(m["schedule"]["timesteps"]) < 1:
+            raise BundleError(f"{where}: empty feature or timestep list; re-export the bundle")
+        graph = self.graph_path
+        if not graph.is_file():
+            raise BundleError(f"{graph} is missing; re-export the bundle")
+        if check_hash and sha256_of(graph) != m["graph"]["sha256"]:
+            raise BundleError(f"{graph} does not match the sha256 in {MANIFEST} (the graph or the "
+                              "manifest was changed after export); re-export the bundle")
+
+    def check_graph_contract(self, embedded: str | None) -> None:
+        """Compare the contract stored in the graph's metadata with the manifest."""
+        if embedded is None:
+            raise BundleError(f"{self.graph_path} has no '{CONTRACT_KEY}' metadata; it was not "
+                              "written by `pathwatch export` (re-export the bundle)")
+        graph, manifest = json.loads(embedded), contract_of(self.manifest)
+        for key in manifest:
+            if canonical(graph.get(key)) != canonical(manifest[key]):
+                raise BundleError(f"{self.root / MANIFEST}: '{key}' disagrees with the graph it "
+                                  f"describes (manifest edited after export?); re-export the bundle")
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def graph_path(self) -> Path:
+        return self.root / self.manifest["graph"]["file"]
+
+    @property
+    def weights_path(self) -> Path:
+        return self.root / self.manifest.get("weights_file", WEIGHTS)
+
+    @property
+    def parity_path(self) -> Path:
+        return self.root / PARITY
+
+    @property
+    def weights_sha256(self) -> str:
+        return self.manifest["model"]["weights_sha256"]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.manifest["input"]["height"]), int(self.manifest["input"]["width"])
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.manifest["features"]["names"])
+
+    @property
+    def feature_spec(self) -> dict:
+        return dict(self.manifest["features"]["spec"])
+
+    @property
+    def timesteps(self) -> list[int]:
+        return list(self.manifest["schedule"]["timesteps"])
+
+    @property
+    def label(self) -> str:
+        spec = self.feature_spec
+        variant = spec["variant"] + (f"/{spec['trajectory']}" if spec["variant"] == "error" else "")
+        return f"{self.manifest['model']['name']} {variant} K={len(self.timesteps)}"
+
+    def identity(self) -> dict:
+        """What determines this bundle's numbers (for caches and calibration files)."""
+        return {"weights_sha256": self.weights_sha256, "graph_sha256": self.manifest["graph"]["sha256"],
+                "schedule": self.manifest["schedule"], "features": self.manifest["features"]}
+
+    def parity_reference(self) -> dict[str, np.ndarray] | None:
+        """Images and torch outputs recorded at export (None for a bundle without them)."""
+        if not self.parity_path.is_file():
+            return None
+        with np.load(self.parity_path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+    def write_manifest(self) -> None:
+        self.manifest["engines"] = self.engines
+        write_json_atomic(self.root / MANIFEST, self.manifest)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,203 @@
+"""`pathwatch export`: checkpoint + feature variant + reduced schedule -> a bundle directory.
+
+The whole K-step path and the feature statistic go into one ONNX graph that takes uint8
+(N, H, W, 3) RGB images: the daemon hands over its tiles as they are and the scaling to
+[-1, 1] happens inside the graph. Sums are accumulated in float32 so the same graph builds
+under TensorRT (which has no float64). Before the bundle is moved into place, ONNX Runtime
+must reproduce the torch module on real images (the parity gate); a bundle that fails is left
+at `<out>.failed` with its report, never at `<out>`.
+"""
+from __future__ import annotations
+
+import io
+import json
+import platform
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edge.bundle import (CONTRACT_KEY, FORMAT, FORMAT_VERSION, GRAPH, PARITY, WEIGHTS, Bundle,
+                         canonical, contract_of, sha256_of, write_json_atomic)
+from edge.datasets import load_images
+from edge.evaluation import default_density
+from edge.parity import ParityReport, compare
+
+from .checkpoint import LoadedModel, load_checkpoint, save_checkpoint
+from .features import FeatureSpec
+from .pipeline import DiffPathPipeline
+from .schedule import ReducedSchedule
+
+DEFAULT_PARITY_DATA = ("photos:test", "digits")
+PARITY_KEEP = 96  # images (with torch outputs) stored in the bundle for `bundle verify`
+
+
+class ParityFailure(Exception):
+    """The exported graph does not reproduce torch; carries the report."""
+
+    def __init__(self, report: ParityReport, where: Path):
+        super().__init__(f"parity gate failed, bundle left at {where}: {report.summary()}")
+        self.report, self.where = report, where
+
+
+@dataclass
+class ExportResult:
+    bundle: Bundle
+    parity: ParityReport
+    seconds: dict
+
+
+def version_of(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def build_pipeline(loaded: LoadedModel, sched: ReducedSchedule, spec: FeatureSpec) -> DiffPathPipeline:
+    return DiffPathPipeline(loaded.model.float().eval(), sched, spec, uint8_input=True,
+                            acc_dtype=torch.float32)
+
+
+def export_onnx(pipeline: DiffPathPipeline, path: Path, opset: int, contract: dict) -> None:
+    """Trace to ONNX (TorchScript exporter: no extra dependency, stable for this graph), embed
+    the contract in the model metadata, run the checker."""
+    import onnx
+
+    size = pipeline.model.config.image_size
+    example = torch.zeros((2, size, size, 3), dtype=torch.uint8)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        # Tracing warns about Python constants (schedule tables, SSIM border indices); they
+        # are constants of the bundle by design: H, W and the timesteps are fixed per export.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # the exporter's own notices
+        torch.onnx.export(pipeline, (example,), buf, input_names=["images"],
+                          output_names=["features", "heatmap"], opset_version=opset,
+                          dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"},
+                                        "heatmap": {0: "batch"}},
+                          do_constant_folding=True, dynamo=False)
+    model = onnx.load_from_string(buf.getvalue())
+    model.producer_name, model.doc_string = "pathwatch", "DiffPath features over a reduced DDIM path"
+    entry = model.metadata_props.add()
+    entry.key, entry.value = CONTRACT_KEY, canonical(contract)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+
+
+def parity_images(specs: list[str] | tuple[str, ...], size: int, n: int, seed: int = 0) -> np.ndarray:
+    per = max(1, n // len(specs))
+    sets = [load_images(s, size, per, seed).images for s in specs]
+    return np.concatenate(sets)[:n]
+
+
+def torch_outputs(pipeline: DiffPathPipeline, images: np.ndarray, batch: int = 64):
+    feats, maps = [], []
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            f, h = pipeline(torch.from_numpy(images[start:start + batch]))
+            feats.append(f.numpy())
+            maps.append(h.numpy())
+    return np.concatenate(feats).astype(np.float32), np.concatenate(maps).astype(np.float32)
+
+
+def run_parity(bundle: Bundle, images: np.ndarray, ref_f: np.ndarray, ref_h: np.ndarray,
+               threads: int | None = None) -> ParityReport:
+    from edge.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    backend = OnnxRuntimeBackend(bundle, max_batch=64, threads=threads,
+                                 providers=["CPUExecutionProvider"])
+    feats, maps = backend(images)
+    return compare("onnxruntime-cpu", bundle.feature_names, ref_f, ref_h, feats, maps, "fp32")
+
+
+def make_manifest(loaded: LoadedModel, source_sha: str, name: str, sched: ReducedSchedule,
+                  spec: FeatureSpec, opset: int, max_batch: int) -> dict:
+    cfg = loaded.config
+    label = spec.label
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": {"name": name, "config": cfg.to_dict(), "weights_sha256": loaded.weights_sha256,
+                  "source_sha256": source_sha, "parameters": sum(p.numel() for p in loaded.model.parameters())},
+        "weights_file": WEIGHTS,
+        "input": {"name": "images", "dtype": "uint8", "layout": "NHWC", "height": cfg.image_size,
+                  "width": cfg.image_size, "channels": 3, "color_order": "RGB",
+                  "value_range": [0, 255], "normalisation": "x / 127.5 - 1 (inside the graph)",
+                  "grayscale": "repeat to 3 channels", "resize": "area"},
+        "schedule": {**sched.to_dict(), "k": sched.k, "clip_denoised": cfg.clip_denoised,
+                     "rescale_timesteps": cfg.rescale_timesteps},
+        "features": {"spec": spec.to_dict(), "label": label, "names": list(spec.names)},
+        "defaults": {"density": default_density(label), "max_batch": max_batch},
+        "graph": {"file": GRAPH, "sha256": None, "opset": opset,
+                  "exporter": "torch.onnx.export (TorchScript)", "accumulation": "float32",
+                  "outputs": {"features": "float32 (N, D)", "heatmap": "float32 (N, H, W)"}},
+        "versions": {"pathwatch": version_of("pathwatch"), "torch": torch.__version__,
+                     "onnx": version_of("onnx"), "onnxruntime": version_of("onnxruntime"),
+                     "python": platform.python_version()},
+        "parity": {}, "engines": [],
+    }
+
+
+def export_bundle(checkpoint: str | Path, out: str | Path, spec: FeatureSpec,
+                  sched: ReducedSchedule | None = None, k: int = 3, config=None,
+                  parity_data=DEFAULT_PARITY_DATA, parity_n: int = 128, opset: int = 17,
+                  max_batch: int = 64, threads: int | None = None, log=print) -> ExportResult:
+    out = Path(out)
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    loaded = load_checkpoint(checkpoint, config)
+    cfg = loaded.config
+    sched = sched or ReducedSchedule.ddim(cfg.noise_schedule, cfg.diffusion_steps, k)
+    stage = out.with_name(out.name + ".partial")
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    source_sha = loaded.weights_sha256
+    if loaded.path.suffix == ".safetensors":
+        shutil.copyfile(loaded.path, stage / WEIGHTS)
+    else:  # a foreign .pt becomes safetensors with its config inside
+        save_checkpoint(loaded.model, stage / WEIGHTS)
+    loaded.weights_sha256 = sha256_of(stage / WEIGHTS)
+    name = loaded.path.parent.name if loaded.path.stem in ("ema", "model") else loaded.path.stem
+    manifest = make_manifest(loaded, source_sha, name, sched, spec, opset, max_batch)
+
+    pipeline = build_pipeline(loaded, sched, spec)
+    export_onnx(pipeline, stage / GRAPH, opset, contract_of(manifest))
+    manifest["graph"]["sha256"] = sha256_of(stage / GRAPH)
+    manifest["graph"]["bytes"] = (stage / GRAPH).stat().st_size
+    seconds["export"] = time.perf_counter() - t0
+    log(f"exported {GRAPH} ({manifest['graph']['bytes'] / 1e6:.1f} MB) in {seconds['export']:.1f} s")
+
+    t1 = time.perf_counter()
+    images = parity_images(list(parity_data), cfg.image_size, parity_n)
+    ref_f, ref_h = torch_outputs(pipeline, images)
+    write_json_atomic(stage / "manifest.json", manifest)
+    bundle = Bundle.load(stage)
+    report = run_parity(bundle, images, ref_f, ref_h, threads)
+    seconds["parity"] = time.perf_counter() - t1
+    keep = min(PARITY_KEEP, len(images))
+    np.savez_compressed(stage / PARITY, images=images[:keep], features=ref_f[:keep],
+                        heatmap=ref_h[:keep])
+    manifest["parity"] = {"data": list(parity_data), "onnxruntime_cpu": report.to_dict()}
+    manifest["export_seconds"] = {k: round(v, 2) for k, v in seconds.items()}
+    write_json_atomic(stage / "manifest.json", manifest)
+    log(report.summary())
+    if not report.passed:
+        failed = out.with_name(out.name + ".failed")
+        shutil.rmtree(failed, ignore_errors=True)
+        stage.rename(failed)
+        raise ParityFailure(report, failed)
+    if out.exists():
+        shutil.rmtree(out)
+    stage.rename(out)
+    return ExportResult(Bundle.load(out), report, seconds)
+
+
+def parity_json(report: ParityReport) -> str:
+    return json.dumps(report.to_dict(), indent=1)

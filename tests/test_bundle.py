@@ -1,0 +1,196 @@
+"""Export a real (tiny) trained model as a bundle and run it on the edge backends."""
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from edge.backends import BackendError, Capabilities, choose, load_backend
+from edge.bundle import Bundle, BundleError
+from edge.cli import main
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tiny_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundles") / "tiny-6dssim"
+    assert main(["export", "--checkpoint", str(tiny_run), "--out", str(out), "--variant",
+                 "6d+ssim", "--k", "3", "--parity-n", "48", "--parity-data", "digits",
+                 "--parity-data", "photos:test"]) == 0
+    return out
+
+
+def test_export_writes_a_complete_bundle(bundle_dir):
+    b = Bundle.load(bundle_dir)
+    m = b.manifest
+    assert m["graph"]["opset"] >= 17 and m["input"]["dtype"] == "uint8"
+    assert b.timesteps == [0, 334, 668] and b.image_size == (16, 16)
+    assert b.feature_names[-3:] == ["ssim_sum", "ssim_sum_sq", "dssim_dt"]
+    for f in ("pipeline.onnx", "weights.safetensors", "parity.npz"):
+        assert (bundle_dir / f).is_file()
+    report = m["parity"]["onnxruntime_cpu"]
+    assert report["passed"] and report["images"] == 48
+    assert not (bundle_dir.parent / "tiny-6dssim.partial").exists()
+
+
+def test_onnx_graph_passes_checker_and_has_dynamic_batch(bundle_dir):
+    import onnx
+
+    model = onnx.load(str(bundle_dir / "pipeline.onnx"))
+    onnx.checker.check_model(model)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [16, 16, 3]
+
+
+def test_onnxruntime_matches_torch_on_real_images(tiny_run, bundle_dir):
+    import torch
+
+    from edge.datasets import load_images
+    from export.bundle_export import build_pipeline
+    from export.checkpoint import load_checkpoint
+    from export.features import FeatureSpec
+    from export.schedule import ReducedSchedule
+
+    images = load_images("digits", 16, 40, seed=3).images
+    loaded = load_checkpoint(tiny_run)
+    sched = ReducedSchedule.ddim("cosine", 1000, 3)
+    with torch.no_grad():
+        ref_f, ref_h = build_pipeline(loaded, sched, FeatureSpec("6d+ssim"))(torch.from_numpy(images))
+    backend = load_backend(Bundle.load(bundle_dir), "onnxruntime", max_batch=16, log=lambda m: None)
+    feats, maps = backend(images)  # three chunks of <= 16 exercise the batching
+    ref_f, ref_h = ref_f.numpy().astype(np.float64), ref_h.numpy().astype(np.float64)
+    rel_l2 = np.linalg.norm(feats - ref_f, axis=0) / np.linalg.norm(ref_f, axis=0)
+    assert rel_l2.max() < 1e-4
+    assert np.linalg.norm(maps - ref_h) / np.linalg.norm(ref_h) < 1e-4
+
+
+def test_bundle_verify_passes_for_every_cpu_backend(bundle_dir, tiny_run, tmp_path):
+    report = tmp_path / "verify.json"
+    assert main(["bundle", "verify", str(bundle_dir), "--backend", "onnxruntime", "--backend",
+                 "torch", "--checkpoint", str(tiny_run / "ema.safetensors"), "--json",
+                 str(report)]) == 0
+    reports = json.loads(report.read_text())
+    assert [r["backend"] for r in reports] == ["onnxruntime", "torch"]
+    assert all(r["passed"] for r in reports)
+
+
+def test_mismatched_weights_hash_is_refused(bundle_dir, tiny_run, capsys):
+    assert main(["bundle", "verify", str(bundle_dir), "--checkpoint",
+                 str(tiny_run / "model.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "weights hash mismatch" in err and "re-export" in err and "Traceback" not in err
+
+
+def _copy(bundle_dir, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(bundle_dir, dst)
+    return dst
+
+
+def test_tampered_manifest_is_refused(bundle_dir, tmp_path):
+    b = _copy(bundle_dir, tmp_path)
+    m = json.loads((b / "manifest.json").read_text())
+    m["schedule"]["timesteps"] = [0, 500, 900]
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="'schedule' disagrees with the graph"):
+        load_backend(Bundle.load(b), "onnxruntime", log=lambda m: None)
+
+
+def test_swapped_graph_and_broken_manifest_are_refused(bundle_dir, tmp_path, capsys):
+    b = _copy(bundle_dir, tmp_path)
+    with open(b / "pipeline.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(BundleError, match="does not match the sha256"):
+        Bundle.load(b)
+    (b / "manifest.json").write_text("{not json")
+    assert main(["bundle", "verify", str(b)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    with pytest.raises(BundleError, match="not a directory"):
+        Bundle.load(tmp_path / "nowhere")
+
+
+def test_backend_selection_policy():
+    cpu = Capabilities(ort_providers=["CPUExecutionProvider"], torch=True)
+    assert choose("auto", cpu)[0] == "onnxruntime"
+    gpu_ort = Capabilities(ort_providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert choose("auto", gpu_ort) == ("onnxruntime", "onnxruntime has CUDAExecutionProvider")
+    assert choose("auto", Capabilities(ort_providers=["CPUExecutionProvider"], tensorrt=True))[0] == "tensorrt"
+    assert choose("auto", Capabilities(ort_providers=["CPUExecutionProvider"], torch=True,
+                                       torch_cuda=True))[0] == "torch"
+    assert choose("auto", Capabilities(torch=True))[0] == "torch"
+    assert choose("torch", Capabilities())[0] == "torch"
+    with pytest.raises(BackendError, match="install onnxruntime"):
+        choose("auto", Capabilities())
+    with pytest.raises(BackendError, match="unknown"):
+        choose("tpu", cpu)
+
+
+def test_tensorrt_refuses_clearly_without_tensorrt(bundle_dir):
+    pytest.importorskip("onnxruntime")
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(BackendError, match="TensorRT is not installed"):
+        load_backend(Bundle.load(bundle_dir), "tensorrt", log=lambda m: None)
+
+
+def test_eval_through_the_bundle_reproduces_the_torch_table(bundle_dir, tiny_run, tmp_path):
+    common = ["--fit", "digits", "--test", "digits", "--ood", "photos", "--n-fit", "120",
+              "--n-test", "60", "--cache-dir", ""]
+    assert main(["eval", "--checkpoint", str(tiny_run), "--variant", "6d+ssim", "--k", "3",
+                 "--json", str(tmp_path / "torch.json"), *common]) == 0
+    assert main(["eval", "--bundle", str(bundle_dir), "--backend", "onnxruntime",
+                 "--json", str(tmp_path / "onnx.json"), *common]) == 0
+    a = json.loads((tmp_path / "torch.json").read_text())["results"]
+    b = json.loads((tmp_path / "onnx.json").read_text())["results"]
+    assert [r["variant"] for r in a] == [r["variant"] for r in b]
+    for x, y in zip(a, b):
+        assert round(x["auroc"], 3) == round(y["auroc"], 3)
+
+
+def test_edge_runs_a_bundle_without_torch(bundle_dir):
+    """The daemon's side of the contract, in a process where torch cannot be imported."""
+    code = textwrap.dedent(f"""
+        import sys
+        class NoTorch:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError("torch is blocked in this test")
+        sys.meta_path.insert(0, NoTorch())
+        import numpy as np
+        from edge.bundle import Bundle
+        from edge.backends import load_backend
+        from edge.cli import main
+        b = Bundle.load({str(bundle_dir)!r})
+        backend = load_backend(b, "auto", log=print)
+        f, h = backend(np.zeros((3, 16, 16, 3), np.uint8))
+        assert f.shape == (3, 9) and h.shape == (3, 16, 16)
+        assert main(["bundle", "verify", {str(bundle_dir)!r}]) == 0
+        assert "torch" not in sys.modules
+        print("OK")
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "backend onnxruntime" in res.stdout and "OK" in res.stdout
+
+
+@pytest.mark.gpu
+def test_torch_cuda_backend_matches_recorded_outputs(bundle_dir):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    from edge.parity import compare
+
+    b = Bundle.load(bundle_dir)
+    ref = b.parity_reference()
+    for fp16 in (False, True):
+        from edge.backends.torch_backend import TorchBackend
+        backend = TorchBackend(b, 64, device="cuda", fp16=fp16)
+        f, h = backend(ref["images"])
+        report = compare("torch-cuda", b.feature_names, ref["features"], ref["heatmap"], f, h,
+                         "fp16" if fp16 else "fp32")
+        assert report.passed, report.summary()
