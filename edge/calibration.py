@@ -1,0 +1,206 @@
+"""Per-camera calibration: tile densities fitted on normal frames, and a threshold chosen for a
+false-alarm rate the user can reason about (alerts per hour), stored as JSON.
+
+Scores. Each tile position has its own density over the bundle's features; a tile's anomaly
+score is its negative log-likelihood, standardised by the mean and spread of the held-out
+normal frames' scores at that position (tiles on a busy shelf and on a blank wall then speak
+the same units). The frame score is the worst active tile.
+
+Threshold. An alert starts when N of the last M frames are over threshold. If frames were
+independent with exceedance probability p, false starts per hour would be about
+frames_per_hour * C(M, N) * p^N; solving for the target gives p. With only tens of held-out
+frames, the (1 - p) quantile is extrapolated from a normal fitted to the held-out frame scores,
+and never set below the largest held-out score, so the frames calibration saw as normal are
+all below it. Consecutive frames are correlated, so the real rate is higher than the
+independent estimate; the floor at the held-out maximum is the guard against that.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from .density import Density, fit_gmm, fit_kde, load_density
+from .tiles import TileGrid
+
+FORMAT = "pathwatch-calibration"
+VERSION = 1
+
+
+class CalibrationError(ValueError):
+    """A calibration file that cannot be used for this camera and bundle; says why and the fix."""
+
+
+@dataclass
+class ThresholdChoice:
+    value: float
+    per_frame_exceedance: float
+    method: str
+    holdout_max: float
+    holdout_mean: float
+    holdout_std: float
+
+
+def per_frame_exceedance(false_alarms_per_hour: float, fps: float, trigger: int, window: int) -> float:
+    frames_per_hour = max(fps, 1e-3) * 3600.0
+    p = (false_alarms_per_hour / (frames_per_hour * math.comb(window, trigger))) ** (1.0 / trigger)
+    return float(min(max(p, 1e-9), 0.5))
+
+
+def choose_threshold(holdout_scores: np.ndarray, false_alarms_per_hour: float, fps: float,
+                     trigger: int, window: int) -> ThresholdChoice:
+    from scipy.stats import norm
+
+    s = np.asarray(holdout_scores, np.float64)
+    p = per_frame_exceedance(false_alarms_per_hour, fps, trigger, window)
+    mean, std = float(s.mean()), float(s.std(ddof=1)) if len(s) > 1 else 1.0
+    tail = mean + max(std, 1e-6) * float(norm.isf(p))
+    floor = float(s.max()) + 0.25 * max(std, 1e-6)
+    value, method = (tail, "normal tail") if tail >= floor else (floor, "held-out maximum")
+    return ThresholdChoice(value, p, f"{method}: p={p:.2e} per frame for "
+                           f"{false_alarms_per_hour:g}/h at {fps:g} fps, {trigger} of {window}",
+                           float(s.max()), mean, std)
+
+
+def fit_tile_density(kind: str, x: np.ndarray, seed: int = 0) -> Density:
+    if kind == "kde":
+        return fit_kde(x, bandwidth="scott", standardize=True)
+    # Few frames per tile: small mixtures only, so BIC has something sensible to choose from.
+    return fit_gmm(x, components=(1, 2, 4), selection="cv" if kind == "gmm-cv" else "bic",
+                   seed=seed)
+
+
+class Calibration:
+    """What a camera needs to score frames: tile densities, standardisation, threshold."""
+
+    def __init__(self, data: dict, densities: list[Density | None]):
+        self.data = data
+        self.densities = densities
+        tiles = data["tiles"]
+        self.mean = np.array([t["mean"] for t in tiles], np.float64)
+        self.std = np.array([t["std"] for t in tiles], np.float64)
+        self.active = np.array([t["active"] for t in tiles], bool)
+
+    @property
+    def threshold(self) -> float:
+        return float(self.data["threshold"]["value"])
+
+    @property
+    def camera(self) -> str:
+        return self.data["camera"]
+
+    def tile_scores(self, features: np.ndarray) -> np.ndarray:
+        """(tiles, D) features of one frame -> standardised anomaly score per tile (inactive
+        tiles -inf)."""
+        out = np.full(len(self.densities), -np.inf)
+        for i, d in enumerate(self.densities):
+            if d is not None:
+                nll = -float(d.score(features[i:i + 1])[0])
+                out[i] = (nll - self.mean[i]) / self.std[i]
+        out[np.isnan(out)] = np.inf  # a non-finite likelihood is as anomalous as it gets
+        return out
+
+    def frame_score(self, tile_scores: np.ndarray) -> tuple[float, int]:
+        i = int(np.argmax(tile_scores))
+        return float(tile_scores[i]), i
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Calibration":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise CalibrationError(f"calibration {path} does not exist; run `pathwatch "
+                                   "calibrate --camera NAME` or enable auto_calibrate") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CalibrationError(f"calibration {path} is not valid JSON ({e}); recalibrate") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != VERSION:
+            raise CalibrationError(f"{path} is not a pathwatch calibration (format {FORMAT} "
+                                   f"version {VERSION}); recalibrate")
+        try:
+            densities = [load_density(t["density"]) if t["active"] else None for t in data["tiles"]]
+            float(data["threshold"]["value"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CalibrationError(f"{path} is damaged ({e}); recalibrate") from None
+        return cls(data, densities)
+
+    def check(self, bundle_identity: dict, grid: TileGrid, path: str | Path = "calibration") -> None:
+        """Refuse a calibration made for another bundle or another tile layout."""
+        mine = self.data["bundle"]
+        if mine.get("weights_sha256") != bundle_identity["weights_sha256"] or \
+                mine.get("graph_sha256") != bundle_identity["graph_sha256"]:
+            raise CalibrationError(f"{path} was fitted for another bundle ({mine.get('label')}); "
+                                   "recalibrate this camera")
+        want = grid.describe()
+        have = self.data["grid"]
+        for key in ("frame_size", "roi", "tiles", "tile_size", "ignore"):
+            if have.get(key) != want[key]:
+                raise CalibrationError(f"{path} was fitted for {key} {have.get(key)}, the camera "
+                                       f"now has {want[key]}; recalibrate this camera")
+
+
+def fit_calibration(camera: str, features: np.ndarray, grid: TileGrid, bundle_identity: dict,
+                    bundle_label: str, *, density: str = "gmm-bic", holdout: float = 0.3,
+                    false_alarms_per_hour: float = 0.5, fps: float = 5.0, trigger: int = 3,
+                    window: int = 5, source: str = "", seconds: float = 0.0,
+                    seed: int = 0) -> Calibration:
+    """features: (frames, tiles, D) from normal frames in capture order."""
+    n = len(features)
+    if n < 20:
+        raise CalibrationError(f"calibration needs at least 20 normal frames, got {n}; "
+                               "raise calibration.frames")
+    # Hold out interleaved frames (every k-th), not the last ones: drift then affects both.
+    n_hold = max(5, int(round(n * holdout)))
+    step = n / n_hold
+    hold_idx = np.unique((np.arange(n_hold) * step).astype(int))
+    fit_idx = np.setdiff1d(np.arange(n), hold_idx)
+    tiles, densities, tile_holdout = [], [], []
+    for i in range(grid.count):
+        col, row = grid.position(i)
+        if not grid.active[i]:
+            tiles.append({"index": i, "col": col, "row": row, "active": False})
+            densities.append(None)
+            continue
+        d = fit_tile_density(density, features[fit_idx, i], seed)
+        nll = -d.score(features[hold_idx, i])
+        mean, std = float(nll.mean()), float(max(nll.std(ddof=1), 1e-3))
+        tile_holdout.append((nll - mean) / std)
+        tiles.append({"index": i, "col": col, "row": row, "active": True, "mean": mean,
+                      "std": std, "density": d.to_dict(), "density_label": d.summary()["label"]})
+        densities.append(d)
+    frame_scores = np.max(np.stack(tile_holdout, axis=1), axis=1)
+    choice = choose_threshold(frame_scores, false_alarms_per_hour, fps, trigger, window)
+    data = {
+        "format": FORMAT, "version": VERSION, "camera": camera,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "bundle": {**{k: bundle_identity[k] for k in ("weights_sha256", "graph_sha256")},
+                   "label": bundle_label},
+        "grid": grid.describe(),
+        "frames": {"total": n, "fit": int(len(fit_idx)), "holdout": int(len(hold_idx)),
+                   "source": source, "seconds": round(seconds, 1)},
+        "density": density,
+        "tiles": tiles,
+        "scores": {"holdout_frame_max": choice.holdout_max, "holdout_frame_mean": choice.holdout_mean,
+                   "holdout_frame_std": choice.holdout_std},
+        "threshold": {"value": choice.value, "method": choice.method,
+                      "false_alarms_per_hour": false_alarms_per_hour, "fps": fps,
+                      "trigger_frames": trigger, "window_frames": window,
+                      "per_frame_exceedance": choice.per_frame_exceedance,
+                      "note": "edit value freely; scores are standardised tile scores"},
+    }
+    for t in tiles:
+        t.setdefault("mean", 0.0)
+        t.setdefault("std", 1.0)
+    return Calibration(data, densities)

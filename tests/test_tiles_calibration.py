@@ -1,0 +1,104 @@
+"""Tiles and per-camera calibration on real images (scikit-image photos)."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+from skimage import data
+
+from edge.calibration import (Calibration, CalibrationError, choose_threshold, fit_calibration,
+                              per_frame_exceedance)
+from edge.tiles import TileGrid, heatmap_image
+
+
+def frame() -> np.ndarray:
+    return cv2.cvtColor(cv2.resize(data.astronaut(), (320, 240)), cv2.COLOR_RGB2BGR)
+
+
+def test_tiles_cover_the_roi_in_row_major_rgb_order():
+    img = frame()
+    grid = TileGrid(320, 240, 32, cols=4, rows=3)
+    tiles = grid.cut(img)
+    assert tiles.shape == (12, 32, 32, 3) and tiles.dtype == np.uint8
+    whole = cv2.cvtColor(cv2.resize(img, (128, 96), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(tiles[5], whole[32:64, 32:64])  # col 1, row 1
+    assert grid.position(5) == (1, 1)
+    assert np.array_equal(grid.assemble(tiles[..., 0].astype(np.float32)), whole[..., 0])
+
+
+def test_roi_and_ignore_masks():
+    grid = TileGrid(320, 240, 32, cols=2, rows=2, roi=(0.5, 0.5, 1.0, 1.0),
+                    ignore=[(0.0, 0.0, 0.5, 0.6)])
+    assert grid.active.tolist() == [False, True, True, True]
+    tiles = grid.cut(frame())
+    roi = cv2.cvtColor(cv2.resize(frame()[120:240, 160:320], (64, 64), interpolation=cv2.INTER_AREA),
+                       cv2.COLOR_BGR2RGB)
+    assert np.array_equal(tiles[3], roi[32:, 32:])
+    with pytest.raises(ValueError, match="every tile"):
+        TileGrid(320, 240, 32, 2, 2, ignore=[(0, 0, 1, 1)])
+    with pytest.raises(ValueError, match="frame is"):
+        grid.cut(np.zeros((100, 100, 3), np.uint8))
+
+
+def test_heatmap_is_an_image_of_the_grid():
+    grid = TileGrid(320, 240, 16, cols=4, rows=3)
+    maps = np.random.default_rng(0).random((12, 16, 16)).astype(np.float32)
+    img = heatmap_image(grid, np.linspace(-1, 5, 12), maps, threshold=3.0)
+    assert img.shape == (3 * 16 * 4, 4 * 16 * 4, 3) and img.dtype == np.uint8
+
+
+def test_exceedance_follows_the_target_rate():
+    p = per_frame_exceedance(0.5, fps=5, trigger=3, window=5)
+    assert p == pytest.approx((0.5 / (5 * 3600 * 10)) ** (1 / 3))
+    assert per_frame_exceedance(5.0, 5, 3, 5) > p  # more alarms allowed -> lower threshold
+
+
+def test_threshold_is_never_below_the_held_out_maximum():
+    rng = np.random.default_rng(0)
+    scores = rng.normal(0, 1, 60)
+    choice = choose_threshold(scores, 0.5, 5, 3, 5)
+    assert choice.value > scores.max()
+    lax = choose_threshold(scores, 1000.0, 5, 1, 1)
+    assert lax.value >= scores.max() and "maximum" in lax.method
+
+
+def _features(rng, frames, tiles, shift=0.0):
+    base = np.linspace(1, 3, tiles)[None, :, None]
+    return base + shift + 0.1 * rng.normal(size=(frames, tiles, 4))
+
+
+def test_calibration_fits_scores_and_round_trips(tmp_path):
+    rng = np.random.default_rng(1)
+    grid = TileGrid(320, 240, 32, cols=3, rows=2, ignore=[(0.0, 0.0, 0.34, 0.5)])
+    ident = {"weights_sha256": "a" * 64, "graph_sha256": "b" * 64}
+    cal = fit_calibration("cam", _features(rng, 80, 6), grid, ident, "test bundle", fps=5)
+    assert cal.active.tolist() == [False, True, True, True, True, True]
+    normal = cal.tile_scores(_features(rng, 1, 6)[0])
+    assert normal[0] == -np.inf and cal.frame_score(normal)[0] < cal.threshold
+    odd = _features(rng, 1, 6)[0]
+    odd[4] += 2.0
+    score, tile = cal.frame_score(cal.tile_scores(odd))
+    assert tile == 4 and score > cal.threshold
+    path = tmp_path / "cal.json"
+    cal.save(path)
+    again = Calibration.load(path)
+    assert again.threshold == cal.threshold
+    assert np.allclose(again.tile_scores(odd), cal.tile_scores(odd))
+    again.check(ident, grid, path)
+    with pytest.raises(CalibrationError, match="another bundle"):
+        again.check({**ident, "weights_sha256": "c" * 64}, grid, path)
+    with pytest.raises(CalibrationError, match="tiles"):
+        again.check(ident, TileGrid(320, 240, 32, cols=4, rows=2), path)
+
+
+def test_bad_calibration_files_say_what_to_do(tmp_path):
+    with pytest.raises(CalibrationError, match="does not exist.*pathwatch calibrate"):
+        Calibration.load(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(CalibrationError, match="not valid JSON"):
+        Calibration.load(tmp_path / "bad.json")
+    (tmp_path / "other.json").write_text(json.dumps({"format": "something"}))
+    with pytest.raises(CalibrationError, match="not a pathwatch calibration"):
+        Calibration.load(tmp_path / "other.json")
+    with pytest.raises(CalibrationError, match="at least 20"):
+        fit_calibration("cam", np.zeros((5, 2, 3)), TileGrid(64, 64, 32, 2, 1), {}, "x")
