@@ -386,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval(sub)
     add_export(sub)
     add_bundle(sub)
+    from .cli_daemon import register
+    register(sub)
     return parser
 
 

@@ -14,11 +14,14 @@ import numpy as np
 
 # Tolerances: FP32 runtimes must agree to float32 rounding; FP16 engines are judged on scores.
 # `*_rel` bounds the worst single value (relative to its column's range); `*_rel_l2` the
-# relative L2 error of each column (or of all heatmaps). Float32 runtimes differ by reduction
-# order in every UNet layer, amplified along the path: about 1e-4 of a column's range at worst.
+# relative L2 error of each column (or of all heatmaps). Two float32 runtimes differ by
+# reduction order in every layer, and the path amplifies it: at tau_0 = 0 the noise is
+# re-derived by dividing by sqrt(1/abar_0 - 1), about 0.006 for the cosine schedule, so
+# rounding grows some 160-fold. Measured: 0.6e-4 to 1.4e-4 rel L2 on trained models; the score
+# ranks are what must not move.
 TOLERANCES = {
-    "fp32": {"features_rel": 1e-3, "features_rel_l2": 1e-4, "heatmap_rel": 1e-3,
-             "heatmap_rel_l2": 1e-4, "score_spearman": 0.9999},
+    "fp32": {"features_rel": 2e-3, "features_rel_l2": 5e-4, "heatmap_rel": 2e-3,
+             "heatmap_rel_l2": 5e-4, "score_spearman": 0.9999},
     "fp16": {"features_rel": 5e-2, "features_rel_l2": 2e-2, "heatmap_rel": 5e-2,
              "heatmap_rel_l2": 2e-2, "score_spearman": 0.99},
 }

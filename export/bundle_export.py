@@ -73,6 +73,7 @@ def export_onnx(pipeline: DiffPathPipeline, path: Path, opset: int, contract: di
     size = pipeline.model.config.image_size
     example = torch.zeros((2, size, size, 3), dtype=torch.uint8)
     buf = io.BytesIO()
+    pipeline(example)  # draws any fixed noise outside the trace, where it is a constant
     with warnings.catch_warnings():
         # Tracing warns about Python constants (schedule tables, SSIM border indices); they
         # are constants of the bundle by design: H, W and the timesteps are fixed per export.

@@ -6,6 +6,8 @@ tables cast to float32, same order of operations), so features match DiffPath's 
 """
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from typing import Callable
 
@@ -76,9 +78,11 @@ def ddim_inversion(eps_fn: EpsFn, x0: torch.Tensor, sched: ReducedSchedule,
     return Path(torch.stack(eps_all), torch.stack(x0_all), torch.stack(true_all))
 
 
+@functools.lru_cache(maxsize=16)
 def fixed_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     """One seeded noise image shared by every input and step, so a frame's features do not
-    depend on its position in the batch (and the noise is a constant in an exported graph)."""
+    depend on its position in the batch. Cached, so that once drawn it is a plain constant to
+    the ONNX tracer (which cannot record a random generator). Callers must not modify it."""
     g = torch.Generator().manual_seed(seed)
     return torch.randn(shape, generator=g)
 

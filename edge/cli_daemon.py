@@ -1,0 +1,221 @@
+"""The daemon's subcommands: run, calibrate, tail, config. No torch is imported here."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+console = Console(stderr=True)
+out = Console()
+
+REPO_DEFAULT = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+
+def find_config(path: str | None):
+    """--config, else $PATHWATCH_CONFIG, else configs/default.yaml of a source checkout, else
+    the built-in default (one demo camera, every other setting at its documented default)."""
+    from .config import load_config, parse_config
+
+    chosen = path or os.environ.get("PATHWATCH_CONFIG")
+    if chosen:
+        return load_config(chosen), Path(chosen)
+    if REPO_DEFAULT.is_file():
+        return load_config(REPO_DEFAULT), REPO_DEFAULT
+    return parse_config("cameras:\n  - name: demo\n    source: demo\n", "<built-in default>"), None
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    root = logging.getLogger()
+    root.handlers.clear()
+    if fmt == "json":
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+    else:
+        from rich.logging import RichHandler
+        handler = RichHandler(console=console, show_path=False, markup=False,
+                              log_time_format="%H:%M:%S")
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({"time": self.formatTime(record), "level": record.levelname.lower(),
+                           "logger": record.name, "message": record.getMessage()})
+
+
+def _override(config, a):
+    if getattr(a, "bundle", None):
+        config.model.bundle = a.bundle
+    if getattr(a, "backend", None):
+        config.model.backend = a.backend
+    return config
+
+
+# ------------------------------------------------------------------------------------ run
+def add_run(sub) -> None:
+    p = sub.add_parser("run", help="run the daemon (default: the demo camera and bundled model)",
+                       description="Watch the configured cameras and publish alerts over ZeroMQ. "
+                       "With no --config it runs configs/default.yaml: a built-in demo camera, the "
+                       "bundled model, auto-calibration.")
+    p.add_argument("--config", help="YAML config (default $PATHWATCH_CONFIG or configs/default.yaml)")
+    p.add_argument("--camera", action="append", help="run only these cameras (repeatable)")
+    p.add_argument("--bundle", help="override model.bundle")
+    p.add_argument("--backend", help="override model.backend")
+    p.add_argument("--recalibrate", action="store_true", help="ignore saved calibrations")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_run(a) -> int:
+    from .daemon import Daemon
+    from .systemd import Notifier
+
+    config, path = find_config(a.config)
+    _override(config, a)
+    setup_logging(config.logging.level, config.logging.format)
+    log = logging.getLogger("pathwatch")
+    log.info("config %s", path or "<built-in default>")
+    notifier = Notifier.from_environment()
+    daemon = Daemon(config, path, only=a.camera, recalibrate=a.recalibrate, notify=notifier.send)
+    daemon.install_signal_handlers()
+    try:
+        daemon.start()
+        if a.duration:
+            deadline = time.monotonic() + a.duration
+            import threading
+            threading.Thread(target=lambda: (time.sleep(max(0.0, deadline - time.monotonic())),
+                                             daemon.stop_event.set()), daemon=True).start()
+        daemon.run()
+    finally:
+        daemon.stop()
+    log.info("stopped after %d frames", daemon.frames_processed)
+    return 0
+
+
+# ------------------------------------------------------------------------------ calibrate
+def add_calibrate(sub) -> None:
+    p = sub.add_parser("calibrate", help="fit a camera's normal-frame model and threshold",
+                       description="Collect normal frames from one camera, fit its per-tile "
+                       "densities, choose the threshold for calibration.false_alarms_per_hour on "
+                       "held-out frames, and write the calibration JSON.")
+    p.add_argument("--camera", required=True)
+    p.add_argument("--config")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--frames", type=int, help="normal frames to collect")
+    size.add_argument("--seconds", type=float, help="collect for this long (at the camera's fps cap)")
+    p.add_argument("--bundle", help="override model.bundle")
+    p.add_argument("--backend", help="override model.backend")
+    p.set_defaults(func=cmd_calibrate)
+
+
+def cmd_calibrate(a) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .calibration import Calibration
+    from .daemon import Daemon
+
+    config, path = find_config(a.config)
+    _override(config, a)
+    setup_logging("warning" if config.logging.level == "info" else config.logging.level,
+                  config.logging.format)
+    cams = {c.name: c for c in config.cameras}
+    if a.camera not in cams:
+        raise ValueError(f"camera {a.camera!r} is not in the config (cameras: "
+                         f"{', '.join(cams) or 'none'})")
+    cam = cams[a.camera]
+    frames = a.frames or (int(a.seconds * (cam.fps or 5.0)) if a.seconds else None)
+    with Progress(TextColumn("[bold]calibrating {task.fields[camera]}"), BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), console=console) as prog:
+        task = prog.add_task("", total=frames or config.calibration.frames, camera=a.camera)
+        daemon = Daemon(config, path, only=[a.camera], calibrate_only=True, recalibrate=True,
+                        calibration_frames=frames,
+                        on_progress=lambda name, n, total: prog.update(task, completed=n, total=total))
+        daemon.install_signal_handlers()
+        try:
+            daemon.start()
+            daemon.run()
+        finally:
+            daemon.stop()
+    runtime_path = cam.calibration_path(config)
+    if not runtime_path.exists() or daemon.stop_event.is_set():
+        raise ValueError(f"calibration of {a.camera} did not finish; nothing was written")
+    cal = Calibration.load(runtime_path)
+    t = cal.data["threshold"]
+    out.print(f"wrote {runtime_path}: {cal.data['frames']['total']} frames "
+              f"({cal.data['frames']['holdout']} held out), threshold {t['value']:.2f} "
+              f"[{t['method']}]")
+    return 0
+
+
+# ----------------------------------------------------------------------------------- tail
+def add_tail(sub) -> None:
+    p = sub.add_parser("tail", help="print alert events as JSON lines (fills gaps by replay)")
+    p.add_argument("--config", help="take the addresses from this config")
+    p.add_argument("--connect", help="publisher address (default from the config)")
+    p.add_argument("--replay", help="replay address (default from the config)")
+    p.add_argument("--since", type=int, help="first replay every event after this seq")
+    p.add_argument("--topic", action="append", help="topic prefixes (default alert.)")
+    p.add_argument("--count", type=int, help="exit after this many events")
+    p.set_defaults(func=cmd_tail)
+
+
+def _client_address(bind: str) -> str:
+    """A bind address as a client connects to it (wildcard hosts become loopback)."""
+    return bind.replace("://*:", "://127.0.0.1:").replace("://0.0.0.0:", "://127.0.0.1:")
+
+
+def cmd_tail(a) -> int:
+    from .subscriber import tail_main
+
+    if a.connect and a.replay:
+        pub, replay = a.connect, a.replay
+    else:
+        config, _ = find_config(a.config)
+        pub = a.connect or _client_address(config.publisher.bind)
+        replay = a.replay or _client_address(config.publisher.replay_bind)
+    try:
+        return tail_main(pub, replay, a.since, tuple(a.topic or ["alert."]), stop_after=a.count) or 0
+    except BrokenPipeError:  # `pathwatch tail | head` is normal use
+        return 0
+
+
+# --------------------------------------------------------------------------------- config
+def add_config(sub) -> None:
+    p = sub.add_parser("config", help="check a config file or print its JSON schema")
+    csub = p.add_subparsers(dest="config_command", required=True)
+    c = csub.add_parser("check", help="validate a config file")
+    c.add_argument("file")
+    c.set_defaults(func=cmd_config_check)
+    s = csub.add_parser("schema", help="print the config's JSON schema")
+    s.set_defaults(func=cmd_config_schema)
+
+
+def cmd_config_check(a) -> int:
+    from rich.table import Table
+
+    from .config import config_summary, load_config
+
+    config = load_config(a.file)
+    t = Table(title=f"{a.file}: valid", show_header=False)
+    for k, v in config_summary(config):
+        t.add_row(k, v)
+    out.print(t)
+    return 0
+
+
+def cmd_config_schema(a) -> int:
+    from .config import config_schema
+
+    print(json.dumps(config_schema(), indent=1))
+    return 0
+
+
+def register(sub) -> None:
+    for add in (add_run, add_calibrate, add_tail, add_config):
+        add(sub)
