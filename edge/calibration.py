@@ -28,6 +28,7 @@ from .density import Density, fit_gmm, fit_kde, load_density
 from .tiles import TileGrid
 
 FORMAT = "pathwatch-calibration"
+TILE_REG_COVAR = 0.05
 VERSION = 1
 
 
@@ -69,9 +70,11 @@ def choose_threshold(holdout_scores: np.ndarray, false_alarms_per_hour: float, f
 def fit_tile_density(kind: str, x: np.ndarray, seed: int = 0) -> Density:
     if kind == "kde":
         return fit_kde(x, bandwidth="scott", standardize=True)
-    # Few frames per tile: small mixtures only, so BIC has something sensible to choose from.
+    # Few frames per tile, of features that are strongly correlated (sums of powers of the same
+    # path): small mixtures only, and covariances shrunk towards the identity (in standardised
+    # units) so a direction the calibration frames happened not to vary in is not a cliff.
     return fit_gmm(x, components=(1, 2, 4), selection="cv" if kind == "gmm-cv" else "bic",
-                   seed=seed)
+                   seed=seed, reg_covar=TILE_REG_COVAR)
 
 
 class Calibration:

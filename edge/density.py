@@ -178,13 +178,15 @@ class GaussianMixtureDensity(Density):
 
 def fit_gmm(X: np.ndarray, components: Sequence[int] = (1, 2, 4, 8, 16),
             covariance_types: Sequence[str] = COVARIANCE_TYPES, selection: str = "bic",
-            folds: int = 5, seed: int = 0, max_iter: int = 200) -> GaussianMixtureDensity:
+            folds: int = 5, seed: int = 0, max_iter: int = 200,
+            reg_covar: float = 1e-6) -> GaussianMixtureDensity:
     """Pick (n_components, covariance_type) from the grid, then refit the best on all of X.
 
     selection="bic": lowest BIC of a fit on all standardised data. selection="cv": highest
     mean held-out log-likelihood over `folds` shuffled folds. n_components is clamped to
     n // (D + 1), n being the smallest sample count a fit sees. Every candidate is recorded
-    in `candidates`.
+    in `candidates`. `reg_covar` is added to covariance diagonals in standardised units:
+    raise it for small samples of strongly correlated features.
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture
@@ -213,7 +215,8 @@ def fit_gmm(X: np.ndarray, components: Sequence[int] = (1, 2, 4, 8, 16),
     max_k = max(1, n_fit // (Z.shape[1] + 1))
 
     def make(k: int, cov: str) -> GaussianMixture:
-        return GaussianMixture(k, covariance_type=cov, max_iter=max_iter, random_state=seed)
+        return GaussianMixture(k, covariance_type=cov, max_iter=max_iter, random_state=seed,
+                               reg_covar=reg_covar)
 
     def criterion(k: int, cov: str) -> float | None:
         try:

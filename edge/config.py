@@ -1,0 +1,466 @@
+"""The daemon's configuration: one YAML file, validated strictly.
+
+Unknown keys are errors, and every error is one line naming the file, the line and the key
+path, with a hint (`pathwatch.yaml:14: cameras[1].fps: must be greater than 0 (got -2)`).
+`${VAR}` and `${VAR:-default}` in string values come from the environment, so passwords stay
+out of the file; an error never echoes a substituted value.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args
+
+import yaml
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
+
+ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+NAME_PATTERN = r"[A-Za-z0-9_-]{1,32}"
+
+
+class ConfigError(ValueError):
+    """One line: where, what, and how to fix it."""
+
+
+class Strict(BaseModel):
+    """Base of every section: unknown keys are errors, assignments are validated too."""
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # YAML reads `yes`/`true` as booleans and pydantic would quietly turn them into 1.
+        if isinstance(value, bool):
+            annotation = cls.model_fields[info.field_name].annotation
+            if annotation is not bool and bool not in get_args(annotation):
+                raise ValueError(f"expected a number or text, not the boolean {str(value).lower()}")
+        return value
+
+
+class ModelSection(Strict):
+    """Which exported model runs, and on what."""
+    bundle: str = Field("default", description="'default' (the bundled model, exported on first "
+                        "use) or a bundle directory")
+    backend: Literal["auto", "onnxruntime", "tensorrt", "torch"] = "auto"
+    threads: int | None = Field(None, ge=1, description="CPU threads for the backend")
+    max_batch: int = Field(64, ge=1, le=4096, description="most tiles per backend call")
+
+
+class CalibrationSection(Strict):
+    """How a camera learns what normal looks like and where its threshold goes."""
+    auto: bool = Field(True, description="a camera without calibration calibrates itself first")
+    frames: int = Field(150, ge=20, description="normal frames collected for calibration")
+    holdout: float = Field(0.3, gt=0.0, lt=0.9, description="share held out to set the threshold")
+    false_alarms_per_hour: float = Field(0.5, gt=0.0, description="target false alerts per hour")
+    density: Literal["auto", "gmm-bic", "gmm-cv", "kde"] = "auto"
+
+
+class AlertsSection(Strict):
+    """The alert state machine: when an alert starts, updates and ends."""
+    trigger_frames: int = Field(3, ge=1)
+    window_frames: int = Field(5, ge=1)
+    update_interval_s: float = Field(2.0, ge=0.0)
+    quiet_s: float = Field(3.0, ge=0.0)
+    cooldown_s: float = Field(10.0, ge=0.0)
+    snapshot: bool = True
+    heatmap: bool = True
+
+    @model_validator(mode="after")
+    def _trigger_fits_window(self):
+        if self.trigger_frames > self.window_frames:
+            raise ValueError(f"trigger_frames ({self.trigger_frames}) must not exceed "
+                             f"window_frames ({self.window_frames})")
+        return self
+
+
+class PublisherSection(Strict):
+    """ZeroMQ endpoints for events and for replaying missed ones."""
+    bind: str = "tcp://127.0.0.1:5556"
+    replay_bind: str = "tcp://127.0.0.1:5557"
+    sndhwm: int = Field(100, ge=1)
+    score_rate_hz: float = Field(2.0, ge=0.0)
+    heartbeat_s: float = Field(1.0, gt=0.0)
+
+    @field_validator("bind", "replay_bind")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        if not re.match(r"^(tcp|ipc|inproc)://.+", v):
+            raise ValueError(f"{v!r} is not a ZeroMQ endpoint (use tcp://HOST:PORT or ipc:///path)")
+        return v
+
+
+class JournalSection(Strict):
+    """The SQLite journal of events that the replay endpoint serves."""
+    path: str | None = None
+    max_age_days: float = Field(30.0, gt=0.0)
+    max_events: int = Field(100_000, ge=1)
+
+
+class CaptureSection(Strict):
+    """Defaults for every camera's capture thread (times in seconds)."""
+    queue_size: int = Field(2, ge=1)
+    open_timeout_s: float = Field(10.0, gt=0.0)
+    read_timeout_s: float = Field(5.0, gt=0.0)
+    reconnect_after_s: float = Field(5.0, gt=0.0)
+    backoff_max_s: float = Field(30.0, gt=0.0)
+
+
+class LoggingSection(Strict):
+    """Log verbosity and format."""
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+Rect = tuple[float, float, float, float]
+
+
+def _check_rect(r: Rect, what: str) -> Rect:
+    x0, y0, x1, y1 = r
+    if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
+        raise ValueError(f"{what} {list(r)} must be [x0, y0, x1, y1] with 0 <= x0 < x1 <= 1 and "
+                         "0 <= y0 < y1 <= 1 (relative coordinates)")
+    return r
+
+
+# Checked per item so that an error points at ignore[i], not at the whole list.
+IgnoreRect = Annotated[Rect, AfterValidator(lambda r: _check_rect(r, "ignore rectangle"))]
+
+
+class CameraConfig(Strict):
+    """One camera: where frames come from, which part is watched, and its calibration."""
+    name: str = Field(..., description="1-32 letters, digits, '-' or '_'; unique; used in topics",
+                      json_schema_extra={"pattern": f"^{NAME_PATTERN}$"})
+    source: Union[int, str] = Field(..., description="device index, /dev/videoN, rtsp/http URL, "
+                                    "video file, image folder, or demo[:key=value,...]")
+    enabled: bool = True
+    fps: float | None = Field(5.0, gt=0.0, description="cap on processed frames per second")
+    realtime: bool = True
+    on_end: Literal["loop", "stop"] = "loop"
+    roi: Rect = (0.0, 0.0, 1.0, 1.0)
+    tiles: tuple[int, int] = (4, 3)
+    ignore: list[IgnoreRect] = Field(default_factory=list, description="rectangles relative to "
+                                     "the roi; tiles mostly inside them are not scored")
+    calibration: str | None = None
+    auto_calibrate: bool | None = None
+    threshold: float | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(NAME_PATTERN, v):
+            raise ValueError(f"{v!r} must be 1-32 letters, digits, '-' or '_' (it becomes part "
+                             "of ZeroMQ topics and file names)")
+        return v
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().isdigit():
+            return int(v)  # "0" from an environment variable means device 0, not a file named 0
+        if isinstance(v, int) and not isinstance(v, bool) and v < 0:
+            raise ValueError(f"a device index must be 0 or more (got {v})")
+        if isinstance(v, str):
+            if not v.strip():
+                raise ValueError("is empty (use a device index, /dev/videoN, a URL, a file or 'demo')")
+            if v.startswith("demo:") and not re.fullmatch(r"demo:\w+=[^,=]*(,\w+=[^,=]*)*", v):
+                raise ValueError(f"{v!r} must look like demo:key=value,key=value")
+        elif not isinstance(v, int) or isinstance(v, bool):
+            raise ValueError(f"must be a device index or a source string, not a {type(v).__name__}")
+        return v
+
+    @field_validator("roi")
+    @classmethod
+    def _roi(cls, r: Rect) -> Rect:
+        return _check_rect(r, "roi")
+
+    @field_validator("tiles")
+    @classmethod
+    def _tiles(cls, t: tuple[int, int]) -> tuple[int, int]:
+        if not all(1 <= v <= 16 for v in t):
+            raise ValueError(f"tiles {list(t)} must be [columns, rows], each 1..16")
+        return t
+
+    def calibration_path(self, config: "Config") -> Path:
+        if self.calibration:
+            return Path(self.calibration)
+        return config.state_path() / "calibration" / f"{self.name}.json"
+
+    def wants_auto_calibration(self, config: "Config") -> bool:
+        return config.calibration.auto if self.auto_calibrate is None else self.auto_calibrate
+
+
+class Config(Strict):
+    """The whole daemon configuration (one YAML file)."""
+    state_dir: str | None = None
+    cache_dir: str | None = None
+    model: ModelSection = Field(default_factory=ModelSection)
+    calibration: CalibrationSection = Field(default_factory=CalibrationSection)
+    alerts: AlertsSection = Field(default_factory=AlertsSection)
+    publisher: PublisherSection = Field(default_factory=PublisherSection)
+    journal: JournalSection = Field(default_factory=JournalSection)
+    capture: CaptureSection = Field(default_factory=CaptureSection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+    cameras: list[CameraConfig] = Field(..., min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self):
+        seen = set()
+        for cam in self.cameras:
+            if cam.name in seen:
+                raise ValueError(f"camera name {cam.name!r} is used twice; names must be unique")
+            seen.add(cam.name)
+        return self
+
+    def state_path(self) -> Path:
+        return _directory(self.state_dir, "STATE_DIRECTORY", "~/.local/state/pathwatch")
+
+    def cache_path(self) -> Path:
+        return _directory(self.cache_dir, "CACHE_DIRECTORY", "~/.cache/pathwatch")
+
+    def journal_path(self) -> Path:
+        return Path(self.journal.path) if self.journal.path else self.state_path() / "journal.sqlite"
+
+
+def _directory(value: str | None, env: str, fallback: str) -> Path:
+    if value:
+        return Path(value).expanduser()
+    # systemd's StateDirectory=/CacheDirectory= may list several paths separated by ':'.
+    from_env = os.environ.get(env, "").split(":")[0]
+    return Path(from_env or fallback).expanduser()
+
+
+# ------------------------------------------------------------------------------ loading
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file; relative paths in it resolve against its directory."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file (check the path; "
+                          "configs/default.yaml is a documented starting point)") from None
+    except (IsADirectoryError, UnicodeDecodeError, PermissionError) as e:
+        raise ConfigError(f"{path}: cannot read it as a UTF-8 text file "
+                          f"({e.__class__.__name__}; pass the YAML file itself)") from None
+    return parse_config(text, str(path), path.resolve().parent)
+
+
+def parse_config(text: str, source_name: str = "<string>", base_dir: Path | None = None) -> Config:
+    """Validate YAML text. `source_name` prefixes every error; `base_dir` anchors relative paths."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{source_name}{line}: YAML syntax error: {problem} "
+                          "(check indentation, colons and quotes)") from None
+    if data is None:
+        raise ConfigError(f"{source_name}: the file is empty (it needs at least a `cameras:` list)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source_name}:1: the top level must be a mapping of sections "
+                          f"(cameras:, model:, ...), not a {type(data).__name__}")
+    lines = _line_index(node, source_name)
+    secrets: list[str] = []
+    data = _substitute_env(data, (), source_name, lines, secrets)
+    _check_camera_names(data, source_name, lines)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_scrub(_describe_errors(e, source_name, lines), secrets)) from None
+    if base_dir is not None:
+        _resolve_paths(config, Path(base_dir))
+    return config
+
+
+def _line_index(node, source: str) -> dict[tuple, int]:
+    """Key path -> 1-based line of that key (or list item) in the YAML text.
+
+    Also refuses a key written twice in one mapping: YAML loaders keep the last one silently,
+    which hides edits that were meant to take effect.
+    """
+    out: dict[tuple, int] = {}
+
+    def walk(n, path):
+        if isinstance(n, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for k, v in n.value:
+                p = path + (k.value,)
+                line = k.start_mark.line + 1
+                if k.value in seen:
+                    raise ConfigError(f"{source}:{line}: {_fmt_path(p)}: duplicate key (first "
+                                      f"set at line {seen[k.value]}; keep one of them)")
+                seen[k.value] = line
+                out[p] = line
+                walk(v, p)
+        elif isinstance(n, yaml.SequenceNode):
+            for i, v in enumerate(n.value):
+                out[path + (i,)] = v.start_mark.line + 1
+                walk(v, path + (i,))
+    if node is not None:
+        out[()] = node.start_mark.line + 1
+        walk(node, ())
+    return out
+
+
+def _fmt_path(path) -> str:
+    s = ""
+    for p in path:
+        s += f"[{p}]" if isinstance(p, int) else (f".{p}" if s else str(p))
+    return s or "(top level)"
+
+
+def _line_for(lines: dict, path: tuple) -> str:
+    """':LINE' of the deepest part of `path` present in the file (a missing key: its parent)."""
+    path = tuple(path)
+    while path and path not in lines:
+        path = path[:-1]
+    return f":{lines[path]}" if path in lines else ""
+
+
+def _substitute_env(value: Any, path: tuple, source: str, lines: dict, secrets: list[str]) -> Any:
+    """Replace ${VAR} / ${VAR:-default} in string values; remember what was put in (to scrub)."""
+    if isinstance(value, dict):
+        return {k: _substitute_env(v, path + (k,), source, lines, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute_env(v, path + (i,), source, lines, secrets) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def repl(m):
+        name, default = m.group(1), m.group(2)
+        if name in os.environ:
+            secrets.append(os.environ[name])
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{source}{_line_for(lines, path)}: {_fmt_path(path)}: environment "
+                          f"variable {name} is not set (export it, or write ${{{name}:-default}})")
+    return ENV_PATTERN.sub(repl, value)
+
+
+def _scrub(message: str, secrets: list[str]) -> str:
+    """Errors may quote the offending value; never let that be a value from the environment."""
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        message = message.replace(secret, "***")
+    return message
+
+
+def _check_camera_names(data: dict, source: str, lines: dict) -> None:
+    """Duplicate camera names, reported at the second one (pydantic would say only 'cameras')."""
+    cameras = data.get("cameras")
+    if not isinstance(cameras, list):
+        return
+    first: dict[str, int] = {}
+    for i, cam in enumerate(cameras):
+        name = cam.get("name") if isinstance(cam, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in first:
+            path = ("cameras", i, "name")
+            raise ConfigError(f"{source}{_line_for(lines, path)}: {_fmt_path(path)}: camera name "
+                              f"{name!r} is already used by cameras[{first[name]}] "
+                              "(names must be unique; they appear in topics and file names)")
+        first[name] = i
+
+
+def _known_keys(loc: tuple) -> list[str]:
+    """Field names of the model at a location, for 'did you mean'."""
+    model: Any = Config
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            break
+        ann = field.annotation
+        inner = get_args(ann)
+        model = inner[0] if inner and isinstance(inner[0], type) and issubclass(inner[0], BaseModel) else ann
+    return list(getattr(model, "model_fields", {}))
+
+
+# pydantic's union members appear in error locations ('source', 'int'); they are not keys.
+_UNION_TAGS = {"int", "str"}
+
+
+def _describe_errors(e: ValidationError, source: str, lines: dict) -> str:
+    """Up to three errors, each `FILE:LINE: key.path: problem (hint)`, joined with '; '."""
+    parts, seen = [], set()
+    # An unknown key first: a misspelt key also makes the intended one "missing".
+    errors = sorted(e.errors(), key=lambda err: err["type"] != "extra_forbidden")
+    for err in errors:
+        text = _describe(err, source, lines)
+        where = text.split(": ", 2)[:2]
+        if tuple(where) in seen:  # one line per key (unions report each member)
+            continue
+        seen.add(tuple(where))
+        parts.append(text)
+    more = f"; and {len(parts) - 3} more" if len(parts) > 3 else ""
+    return "; ".join(parts[:3]) + more
+
+
+def _describe(err: dict, source: str, lines: dict) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+    where = f"{source}{_line_for(lines, loc)}: {_fmt_path(loc)}"
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        known = _known_keys(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"did you mean {close[0]}?" if close else f"known keys: {', '.join(known)}"
+        return f"{where}: unknown key ({hint})"
+    if kind == "missing" and loc and isinstance(loc[-1], int):
+        return f"{source}{_line_for(lines, loc)}: {_fmt_path(loc[:-1])}: has too few values " \
+               f"(only {loc[-1]} given)"
+    if kind == "too_short" and loc == ("cameras",):
+        return f"{where}: no cameras (add at least one: `- name: NAME` and `source: SOURCE`)"
+    if kind == "missing":
+        return f"{where}: required key is missing (add it; see configs/default.yaml)"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    msg = re.sub(r"^Input should be\b", "must be", msg)
+    msg = msg[0].lower() + msg[1:]
+    got = err.get("input")
+    shown = "" if isinstance(got, (dict, list)) or kind == "value_error" else f" (got {got!r})"
+    return f"{where}: {msg}{shown}"
+
+
+def _resolve_paths(config: Config, base: Path) -> None:
+    """Relative paths in the file mean relative to the file, not to the working directory."""
+    def fix(p: str | None) -> str | None:
+        if p is None or p == "default":
+            return p
+        q = Path(p).expanduser()
+        return str(q if q.is_absolute() else base / q)
+    config.model.bundle = fix(config.model.bundle)
+    config.journal.path = fix(config.journal.path)
+    config.state_dir = fix(config.state_dir)
+    config.cache_dir = fix(config.cache_dir)
+    for cam in config.cameras:
+        cam.calibration = fix(cam.calibration)
+        if isinstance(cam.source, str) and not re.match(r"^([a-z]+://|demo(:|$)|/dev/)", cam.source):
+            candidate = Path(cam.source).expanduser()
+            if not candidate.is_absolute():
+                cam.source = str(base / candidate)
+
+
+def config_schema() -> dict:
+    return Config.model_json_schema()
+
+
+def _mask(source) -> str:
+    return re.sub(r"://([^:/@]+):([^@]+)@", r"://\1:***@", str(source))
+
+
+def config_summary(config: Config) -> list[tuple[str, str]]:
+    rows = [("bundle", config.model.bundle), ("backend", config.model.backend),
+            ("publisher", config.publisher.bind), ("replay", config.publisher.replay_bind),
+            ("journal", str(config.journal_path())), ("state", str(config.state_path()))]
+    for cam in config.cameras:
+        state = "" if cam.enabled else " (disabled)"
+        rows.append((f"camera {cam.name}{state}", f"{_mask(cam.source)}; fps {cam.fps}; tiles "
+                     f"{cam.tiles[0]}x{cam.tiles[1]}; roi {list(cam.roi)}; "
+                     f"{len(cam.ignore)} ignore masks"))
+    return rows
