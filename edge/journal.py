@@ -28,11 +28,18 @@ class JournalEvent:
 
 
 class Journal:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, reader: bool = False):
+        """`reader`: a second connection to a journal its writer already created (the replay
+        server's); it changes nothing, so it never competes for the write lock at start-up,
+        and it may be handed to the one thread that uses it."""
         self.path = Path(path).expanduser()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(str(self.path), timeout=10.0, isolation_level=None)
+            self.db = sqlite3.connect(str(self.path), timeout=10.0, isolation_level=None,
+                                      check_same_thread=not reader)
+            if reader:
+                self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+                return
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")  # alerts are rare; durability wins
             self._create()
@@ -119,7 +126,7 @@ class Journal:
 
     def close(self) -> None:
         try:
-            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error:
             pass
         self.db.close()

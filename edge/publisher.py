@@ -74,6 +74,8 @@ class Publisher:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.endpoint = _bind(self.socket, bind)
         self.sent = 0
+        # PUB drops silently for a subscriber whose queue is full; this only counts sends the
+        # socket itself refused (no peer buffer at all), which is rare.
         self.dropped = 0
         self._lock = threading.Lock()  # capture threads publish status; ZeroMQ sockets are not thread-safe
 
@@ -104,6 +106,7 @@ class ReplayServer:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.endpoint = _bind(self.socket, bind)
         self.journal_path, self.max_limit = journal_path, max_limit
+        self.journal = Journal(journal_path, reader=True)  # used by the serving thread only
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -112,7 +115,7 @@ class ReplayServer:
         self._thread.start()
 
     def _serve(self) -> None:
-        journal = Journal(self.journal_path)
+        journal = self.journal
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         try:
