@@ -1,0 +1,176 @@
+"""The daemon end to end: a video written by OpenCV, the tiny bundle, real ZeroMQ subscribers,
+SQLite journal, signals. Each test runs `pathwatch run` as a separate process."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+from skimage import data
+
+from conftest import daemon_config
+from edge.subscriber import AlertSubscriber
+
+FPS, CALIB, NORMAL, ANOMALY, TAIL = 10, 30, 30, 30, 70
+
+
+def write_scene_video(path):
+    """Normal frames of a fixed view (with sensor noise), then a patterned object crosses it."""
+    base = cv2.resize(cv2.cvtColor(data.coffee(), cv2.COLOR_RGB2BGR), (160, 120)).astype(np.float32)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (160, 120))
+    rng = np.random.default_rng(0)
+    start = CALIB + NORMAL
+    for i in range(CALIB + NORMAL + ANOMALY + TAIL):
+        img = base + rng.normal(0, 2.0, base.shape)
+        if start <= i < start + ANOMALY:
+            x = int(-40 + 4 * (i - start))
+            patch = np.indices((40, 40)).sum(0) % 8 < 4  # a black-and-white checkerboard
+            for c in range(3):
+                region = img[40:80, max(x, 0):x + 40, c]
+                region[:] = 255.0 * patch[:, max(0, -x):max(0, -x) + region.shape[1]]
+        writer.write(np.clip(img, 0, 255).astype(np.uint8))
+    writer.release()
+    return start, start + ANOMALY
+
+
+def launch(config):
+    return subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def collect(sub, until, timeout):
+    got, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for m in sub.events(timeout_s=0.5):
+            got.append(m)
+            if until(got):
+                return got
+            if time.monotonic() > deadline:
+                break
+    return got
+
+
+@pytest.fixture
+def scene_video(tmp_path):
+    path = tmp_path / "scene.avi"
+    return path, write_scene_video(path)
+
+
+def test_object_entering_a_video_raises_one_alert_with_consecutive_seq(tmp_path, tiny_bundle, scene_video):
+    video, (a0, a1) = scene_video
+    config = daemon_config(tmp_path, tiny_bundle, str(video), on_end="loop")
+    proc = launch(config)
+    pub, replay = f"ipc://{tmp_path}/pub.sock", f"ipc://{tmp_path}/replay.sock"
+    try:
+        sub = AlertSubscriber(pub, replay, since=0)
+        events = collect(sub, lambda g: g[-1].header["state"] == "end", timeout=90)
+        sub.close()
+        assert events, f"no alert; daemon log:\n{_log(proc)}"
+        states = [m.header["state"] for m in events]
+        assert states[0] == "start" and states[-1] == "end", states
+        assert [m.header["seq"] for m in events] == list(range(1, len(events) + 1))
+        assert len({m.header["alert_id"] for m in events}) == 1
+        start = events[0].header
+        assert a0 <= start["frame_index"] <= a1 + 5, start  # raised by the object, not before
+        assert start["attachments"] == ["snapshot.jpg", "heatmap.png"]
+        assert events[0].attachments[0][:2] == b"\xff\xd8" and events[0].attachments[1][:4] == b"\x89PNG"
+        assert start["score"] > start["threshold"] and start["latency_ms"] >= 0
+
+        # A subscriber that connects after the fact recovers everything from the journal.
+        late = AlertSubscriber(pub, replay, since=0)
+        again = collect(late, lambda g: len(g) >= len(events), timeout=20)
+        late.close()
+        assert [m.header["seq"] for m in again[:len(events)]] == [m.header["seq"] for m in events]
+
+        calibration = json.loads((tmp_path / "state" / "calibration" / "cam.json").read_text())
+        assert calibration["frames"]["total"] == 30 and calibration["grid"]["tiles"] == [4, 3]
+
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        assert time.monotonic() - t0 < 10
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = _log(proc)
+    assert "offline" in log and "Traceback" not in log
+
+
+def test_sigterm_publishes_offline_and_keeps_the_journal(tmp_path, tiny_bundle, scene_video):
+    video, _ = scene_video
+    config = daemon_config(tmp_path, tiny_bundle, str(video))
+    proc = launch(config)
+    sub = AlertSubscriber(f"ipc://{tmp_path}/pub.sock", None, topics=("status.",))
+    try:
+        online = collect(sub, lambda g: any(m.header.get("state") == "calibrating" for m in g), 60)
+        assert online, _log(proc)
+        proc.send_signal(signal.SIGTERM)
+        tail = collect(sub, lambda g: any(m.header.get("state") == "offline" for m in g), 15)
+        assert any(m.header["state"] == "offline" for m in tail)
+        assert proc.wait(timeout=15) == 0
+        assert (tmp_path / "state" / "journal.sqlite").exists()
+    finally:
+        sub.close()
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_camera_without_calibration_is_refused_when_auto_calibration_is_off(tmp_path, tiny_bundle, scene_video):
+    video, _ = scene_video
+    config = daemon_config(tmp_path, tiny_bundle, str(video), auto_calibrate=False)
+    proc = launch(config)
+    time.sleep(0)
+    try:
+        deadline = time.monotonic() + 60
+        refused = False
+        sub = AlertSubscriber(f"ipc://{tmp_path}/pub.sock", None, topics=("heartbeat",))
+        while time.monotonic() < deadline and not refused:
+            for m in sub.events(timeout_s=1.0):
+                cams = m.header.get("cameras", {})
+                if cams.get("cam", {}).get("state") == "refused":
+                    refused = "pathwatch calibrate --camera cam" in cams["cam"]["refused"]
+                    break
+        sub.close()
+        assert refused, _log(proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+
+
+def test_bad_config_is_one_line_and_exit_code_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cameras:\n  - name: cam\n    source: demo\n    fsp: 5\n")
+    res = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--config", str(bad)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "bad.yaml:4: cameras[0].fsp: unknown key (did you mean fps?)" in lines[0]
+    res = subprocess.run([sys.executable, "-m", "edge.cli", "config", "check", str(bad)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "fsp" in res.stderr
+
+
+def test_calibrate_command_writes_a_calibration(tmp_path, tiny_bundle, scene_video):
+    video, _ = scene_video
+    config = daemon_config(tmp_path, tiny_bundle, str(video))
+    res = subprocess.run([sys.executable, "-m", "edge.cli", "calibrate", "--camera", "cam",
+                          "--config", str(config), "--frames", "25"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    cal = json.loads((tmp_path / "state" / "calibration" / "cam.json").read_text())
+    assert cal["frames"]["total"] == 25 and cal["threshold"]["value"] > 0
+    assert "threshold" in res.stdout
+
+
+def _log(proc) -> str:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    out, err = proc.communicate()
+    return err + out

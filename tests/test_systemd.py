@@ -1,0 +1,84 @@
+"""The systemd unit and the sd_notify protocol against a real datagram socket."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edge.systemd import Notifier
+
+UNIT = Path(__file__).resolve().parent.parent / "systemd" / "pathwatch.service"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_unit_passes_systemd_analyze_verify(tmp_path):
+    exe = Path(sys.executable).with_name("pathwatch")
+    unit = tmp_path / "pathwatch.service"
+    unit.write_text(UNIT.read_text().replace("/opt/pathwatch/venv/bin/pathwatch", str(exe)))
+    res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    text = UNIT.read_text()
+    for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "DeviceAllow=char-video4linux",
+                 "SupplementaryGroups=video render", "StateDirectory=pathwatch",
+                 "CacheDirectory=pathwatch", "NoNewPrivileges=yes", "ProtectSystem=strict"):
+        assert line in text
+
+
+def _socket(tmp_path):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = str(tmp_path / "notify.sock")
+    sock.bind(path)
+    sock.settimeout(0.2)
+    return sock, path
+
+
+def _drain(sock, seconds):
+    got, end = [], time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            got.append(sock.recv(4096).decode())
+        except socket.timeout:
+            pass
+    return got
+
+
+def test_notifier_rate_limits_watchdog_pings(tmp_path):
+    sock, path = _socket(tmp_path)
+    n = Notifier(path, watchdog_usec=400_000)  # ping at most every 0.2 s
+    assert n.send("READY=1")
+    sent = sum(n.send("WATCHDOG=1") for _ in range(50))
+    assert sent == 1
+    time.sleep(0.25)
+    assert n.send("WATCHDOG=1")
+    assert _drain(sock, 0.3) == ["READY=1", "WATCHDOG=1", "WATCHDOG=1"]
+    assert not Notifier(None).send("READY=1")
+
+
+def test_daemon_notifies_ready_then_watchdog_and_stops_pinging_when_stuck(tmp_path, default_env):
+    sock, path = _socket(tmp_path)
+    env = {**default_env, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"}
+    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config",
+                             str(default_env["PATHWATCH_TEST_CONFIG"])], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        msgs, deadline = [], time.monotonic() + 240
+        while "READY=1" not in msgs and time.monotonic() < deadline and proc.poll() is None:
+            msgs += _drain(sock, 0.5)
+        assert "READY=1" in msgs, proc.stderr.read() if proc.poll() is not None else "no READY"
+        assert _drain(sock, 1.5).count("WATCHDOG=1") >= 3
+        os.kill(proc.pid, signal.SIGSTOP)  # a hung process sends nothing
+        _drain(sock, 0.3)
+        assert _drain(sock, 1.0) == []
+        os.kill(proc.pid, signal.SIGCONT)
+        assert "WATCHDOG=1" in _drain(sock, 1.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert "STOPPING=1" in _drain(sock, 0.5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
