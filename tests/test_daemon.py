@@ -174,3 +174,25 @@ def _log(proc) -> str:
             proc.kill()
     out, err = proc.communicate()
     return err + out
+
+
+def test_sighup_reloads_config_and_keeps_the_sockets(tmp_path, tiny_bundle, scene_video):
+    video, _ = scene_video
+    config = daemon_config(tmp_path, tiny_bundle, str(video))
+    proc = launch(config)
+    sub = AlertSubscriber(f"ipc://{tmp_path}/pub.sock", None, topics=("status.",))
+    try:
+        first = collect(sub, lambda g: any(m.header.get("state") == "online" for m in g), 60)
+        assert first, _log(proc)
+        # The reloaded config renames nothing but changes the tile grid: the saved calibration
+        # no longer fits, so the camera calibrates again, announced on the same socket.
+        config.write_text(config.read_text().replace("- 4\n  - 3", "- 3\n  - 2"))
+        proc.send_signal(signal.SIGHUP)
+        after = collect(sub, lambda g: any(m.header.get("state") == "calibrating" for m in g), 60)
+        states = [m.header["state"] for m in after]
+        assert "offline" in states and "calibrating" in states, states
+        assert proc.poll() is None
+    finally:
+        sub.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
