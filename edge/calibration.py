@@ -148,7 +148,7 @@ class Calibration:
                                    "recalibrate this camera")
         want = grid.describe()
         have = self.data["grid"]
-        for key in ("frame_size", "roi", "tiles", "tile_size", "ignore"):
+        for key in ("frame_size", "roi", "tiles", "tile_size", "ignore", "exposure"):
             if have.get(key) != want[key]:
                 raise CalibrationError(f"{path} was fitted for {key} {have.get(key)}, the camera "
                                        f"now has {want[key]}; recalibrate this camera")

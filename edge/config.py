@@ -141,6 +141,9 @@ class CameraConfig(Strict):
     on_end: Literal["loop", "stop"] = "loop"
     roi: Rect = (0.0, 0.0, 1.0, 1.0)
     tiles: tuple[int, int] = (4, 3)
+    exposure: Literal["normalize", "off"] = Field(
+        "normalize", description="normalize: scale each frame's roi to a fixed mean brightness, "
+        "so auto-exposure and daylight drift do not read as anomalies")
     ignore: list[IgnoreRect] = Field(default_factory=list, description="rectangles relative to "
                                      "the roi; tiles mostly inside them are not scored")
     calibration: str | None = None

@@ -219,7 +219,8 @@ class Daemon:
             return True
         size = self.bundle.image_size[0]
         cam.grid = TileGrid(w, h, size, cam.cfg.tiles[0], cam.cfg.tiles[1],
-                            tuple(cam.cfg.roi), [tuple(r) for r in cam.cfg.ignore])
+                            tuple(cam.cfg.roi), [tuple(r) for r in cam.cfg.ignore],
+                            cam.cfg.exposure)
         if cam.calibration is not None:
             try:
                 cam.calibration.check(self.bundle.identity(), cam.grid, cam.calibration_path)

@@ -24,6 +24,7 @@ class TileGrid:
     rows: int = 3
     roi: Rect = (0.0, 0.0, 1.0, 1.0)
     ignore: list[Rect] = field(default_factory=list)  # relative to the ROI
+    exposure: str = "normalize"  # or "off"
 
     def __post_init__(self) -> None:
         x0, y0, x1, y1 = self.roi
@@ -58,7 +59,7 @@ class TileGrid:
     def describe(self) -> dict:
         return {"frame_size": [self.frame_w, self.frame_h], "roi": list(self.roi),
                 "tiles": [self.cols, self.rows], "tile_size": self.tile,
-                "ignore": [list(r) for r in self.ignore]}
+                "ignore": [list(r) for r in self.ignore], "exposure": self.exposure}
 
     def cut(self, frame_bgr: np.ndarray) -> np.ndarray:
         """BGR frame -> uint8 (cols*rows, tile, tile, 3) RGB tiles, row-major."""
@@ -72,6 +73,8 @@ class TileGrid:
             roi = cv2.cvtColor(roi, cv2.COLOR_GRAY2BGR)
         t = self.tile
         resized = cv2.resize(roi, (self.cols * t, self.rows * t), interpolation=cv2.INTER_AREA)
+        if self.exposure == "normalize":
+            resized = normalize_exposure(resized)
         rgb = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
         tiles = rgb.reshape(self.rows, t, self.cols, t, 3).transpose(0, 2, 1, 3, 4)
         return np.ascontiguousarray(tiles.reshape(self.count, t, t, 3))
@@ -81,6 +84,18 @@ class TileGrid:
         t = self.tile
         return maps.reshape(self.rows, self.cols, t, t).transpose(0, 2, 1, 3).reshape(
             self.rows * t, self.cols * t)
+
+
+EXPOSURE_TARGET = 118.0  # mean brightness (0..255) every ROI is scaled to
+
+
+def normalize_exposure(bgr: np.ndarray) -> np.ndarray:
+    """One gain for the whole ROI so its mean is EXPOSURE_TARGET: the path features react
+    strongly to global brightness, which cameras change on their own (auto exposure, daylight).
+    Local changes (an object, a cover, blur) survive a global gain."""
+    mean = float(bgr.mean())
+    gain = EXPOSURE_TARGET / max(mean, 1.0)
+    return cv2.convertScaleAbs(bgr, alpha=gain)
 
 
 def heatmap_image(grid: TileGrid, tile_scores: np.ndarray, maps: np.ndarray,

@@ -17,7 +17,7 @@ def frame() -> np.ndarray:
 
 def test_tiles_cover_the_roi_in_row_major_rgb_order():
     img = frame()
-    grid = TileGrid(320, 240, 32, cols=4, rows=3)
+    grid = TileGrid(320, 240, 32, cols=4, rows=3, exposure="off")
     tiles = grid.cut(img)
     assert tiles.shape == (12, 32, 32, 3) and tiles.dtype == np.uint8
     whole = cv2.cvtColor(cv2.resize(img, (128, 96), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
@@ -28,7 +28,7 @@ def test_tiles_cover_the_roi_in_row_major_rgb_order():
 
 def test_roi_and_ignore_masks():
     grid = TileGrid(320, 240, 32, cols=2, rows=2, roi=(0.5, 0.5, 1.0, 1.0),
-                    ignore=[(0.0, 0.0, 0.5, 0.6)])
+                    ignore=[(0.0, 0.0, 0.5, 0.6)], exposure="off")
     assert grid.active.tolist() == [False, True, True, True]
     tiles = grid.cut(frame())
     roi = cv2.cvtColor(cv2.resize(frame()[120:240, 160:320], (64, 64), interpolation=cv2.INTER_AREA),
@@ -38,6 +38,15 @@ def test_roi_and_ignore_masks():
         TileGrid(320, 240, 32, 2, 2, ignore=[(0, 0, 1, 1)])
     with pytest.raises(ValueError, match="frame is"):
         grid.cut(np.zeros((100, 100, 3), np.uint8))
+
+
+def test_exposure_normalisation_cancels_a_global_gain():
+    grid = TileGrid(320, 240, 32, cols=4, rows=3)
+    img = frame()
+    darker = (img * 0.8).astype(np.uint8)
+    a, b = grid.cut(img).astype(float), grid.cut(darker).astype(float)
+    assert abs(a.mean() - b.mean()) < 1.0 and abs(a.mean() - 118) < 2
+    assert np.abs(a - b).mean() < 2.0  # vs about 25 grey levels without it
 
 
 def test_heatmap_is_an_image_of_the_grid():
