@@ -185,6 +185,24 @@ def cmd_tail(a) -> int:
         return 0
 
 
+# ----------------------------------------------------------------------------------- view
+def add_view(sub) -> None:
+    p = sub.add_parser("view", help="live terminal view of a running daemon")
+    p.add_argument("--config", help="take the addresses from this config")
+    p.add_argument("--connect", help="publisher address (default from the config)")
+    p.add_argument("--replay", help="replay address (default from the config)")
+    p.set_defaults(func=cmd_view)
+
+
+def cmd_view(a) -> int:
+    from .view import run_view
+
+    config, _ = find_config(a.config) if not (a.connect and a.replay) else (None, None)
+    pub = a.connect or _client_address(config.publisher.bind)
+    replay = a.replay or _client_address(config.publisher.replay_bind)
+    return run_view(pub, replay)
+
+
 # --------------------------------------------------------------------------------- config
 def add_config(sub) -> None:
     p = sub.add_parser("config", help="check a config file or print its JSON schema")
@@ -217,5 +235,5 @@ def cmd_config_schema(a) -> int:
 
 
 def register(sub) -> None:
-    for add in (add_run, add_calibrate, add_tail, add_config):
+    for add in (add_run, add_calibrate, add_tail, add_view, add_config):
         add(sub)

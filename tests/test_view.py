@@ -1,0 +1,64 @@
+"""The live view renders from a snapshot; snapshots are built from real published messages."""
+import time
+
+from rich.console import Console
+
+from edge.alerts import AlertPolicy, AlertTracker
+from edge.journal import Journal
+from edge.publisher import AlertBus, Publisher
+from edge.subscriber import AlertSubscriber
+from edge.view import Snapshot, render
+
+
+def text_of(renderable) -> str:
+    console = Console(width=100, record=True, color_system=None)
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_waiting_then_silent_then_live():
+    snap = Snapshot(endpoint="tcp://127.0.0.1:5556", started=0.0)
+    assert "waiting for the daemon at tcp://127.0.0.1:5556" in text_of(render(snap, now=5.0))
+    snap.apply("heartbeat", {"cameras": {"gate": {"state": "online", "camera_fps": 10.0,
+                                                  "process_fps": 5.0, "skipped": 7,
+                                                  "latency_p50_ms": 80.0, "latency_p99_ms": 140.0,
+                                                  "threshold": 6.0}}}, now=10.0)
+    for i in range(20):
+        snap.apply("score.gate", {"camera": "gate", "score": 1.0 + (8.0 if i > 15 else 0.0),
+                                  "threshold": 6.0, "tiles": [0.5, 7.0, 1.0, 2.0],
+                                  "grid": [2, 2]}, now=10.0 + i)
+    snap.apply("heartbeat", {"cameras": {}}, now=29.5)
+    live = text_of(render(snap, now=30.0))
+    assert "connected to" in live and "gate" in live
+    assert "camera 10.0  processed 5.0  skipped 7" in live and "p50 80 ms  p99 140 ms" in live
+    assert "9.00 / threshold 6.00" in live and "█" in live
+    silent = text_of(render(snap, now=40.0))
+    assert "daemon silent for 10 s" in silent
+
+
+def test_snapshot_from_real_messages(tmp_path):
+    journal = Journal(tmp_path / "j.sqlite")
+    pub = Publisher("tcp://127.0.0.1:*")
+    bus = AlertBus(journal, pub)
+    sub = AlertSubscriber(pub.endpoint, None, topics=("alert.", "status.", "heartbeat"))
+    snap = Snapshot(endpoint=pub.endpoint)
+    deadline = time.monotonic() + 10
+    while snap.last_heartbeat is None and time.monotonic() < deadline:
+        bus.heartbeat({"cameras": {"door": {"state": "online"}}})
+        for m in sub.events(timeout_s=0.2):
+            snap.apply(m.topic, m.header)
+    tracker = AlertTracker("door", AlertPolicy(1, 1))
+    for e in tracker.update(time.time(), 12.5, 3.0, [2, 1]):
+        bus.alert(e, {}, {})
+    bus.status("door", "reconnecting", "no frame for 5.0 s")
+    got = 0
+    for m in sub.events(timeout_s=2.0):
+        snap.apply(m.topic, m.header)
+        got += 1
+        if got == 2:
+            break
+    screen = text_of(render(snap))
+    assert "door" in screen and "reconnecting" in screen and "12.50" in screen
+    sub.close()
+    pub.close()
+    journal.close()
