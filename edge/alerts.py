@@ -1,15 +1,39 @@
-"""The per-camera alert state machine (pure logic: scores in, events out).
+"""The per-camera alert state machine (pure logic: scores in, events out; no I/O, no clock).
 
-idle --(N of the last M frames over threshold, not in cooldown)--> active: `start`
-active --(at most every update_interval_s)--> `update` with the peak so far
-active --(quiet_s seconds with no frame over threshold)--> `end`, then a cooldown
+idle --(trigger_frames of the last window_frames frames over threshold, not in cooldown)--> active
+    emits `start`
+active --(at most every update_interval_s)--> `update`, carrying the peak so far
+active --(quiet_s seconds with no frame over threshold)--> `end` (reason "quiet"), then cooldown
+active --close(t, reason)--> `end` (reason e.g. "shutdown", "reload")
+cooldown --(cooldown_s after the end)--> idle; no alert starts in between
+
+Time is the frame's capture time in epoch seconds, given by the caller, so the machine behaves
+the same on live cameras and on recorded video played back faster than real time. The end is
+decided when a frame arrives: a camera that stops delivering frames keeps its alert open until
+`close()`.
 """
 from __future__ import annotations
 
 import collections
+import math
 import secrets
-import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+STATES = ("start", "update", "end")
+
+
+def iso_time(t: float) -> str:
+    """Epoch seconds -> ISO-8601 UTC with milliseconds and a Z, the wire format's time."""
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def _finite_or_none(x: float | None, digits: int) -> float | None:
+    # JSON has no NaN/inf; a header must stay valid JSON whatever the density model returned.
+    if x is None or not math.isfinite(x):
+        return None
+    return round(float(x), digits)
 
 
 @dataclass(frozen=True)
@@ -23,9 +47,12 @@ class AlertPolicy:
     def __post_init__(self) -> None:
         if not 1 <= self.trigger_frames <= self.window_frames:
             raise ValueError(f"alert policy: need 1 <= trigger_frames ({self.trigger_frames}) <= "
-                             f"window_frames ({self.window_frames})")
-        if min(self.update_interval_s, self.quiet_s, self.cooldown_s) < 0:
-            raise ValueError("alert policy: times must not be negative")
+                             f"window_frames ({self.window_frames}); lower trigger_frames or "
+                             "raise window_frames")
+        for name in ("update_interval_s", "quiet_s", "cooldown_s"):
+            value = getattr(self, name)
+            if not value >= 0:  # also refuses NaN
+                raise ValueError(f"alert policy: {name} is {value}; it must be a number >= 0")
 
 
 @dataclass
@@ -33,38 +60,47 @@ class AlertEvent:
     state: str  # start | update | end
     alert_id: str
     camera: str
-    time: float
-    score: float
+    time: float  # epoch seconds of the frame (or of the close) that produced the event
+    score: float  # the current frame's score
     threshold: float
     peak_score: float
     peak_tile: list | None
-    tile: list | None
+    tile: list | None  # the current frame's worst tile [col, row]
     started_at: float
     duration_s: float
-    frames_over: int
+    frames_over: int  # frames over threshold since (and including the window that caused) start
     frame_index: int | None = None
-    reason: str | None = None
+    reason: str | None = None  # why it ended: "quiet", "shutdown", "reload", ...
 
     def to_header(self) -> dict:
+        """The event's fields as the alert header carries them: ISO times, finite rounded numbers
+        (None where not finite), lists for tiles."""
         d = asdict(self)
-        d["score"], d["peak_score"] = round(self.score, 4), round(self.peak_score, 4)
-        d["threshold"], d["duration_s"] = round(self.threshold, 4), round(self.duration_s, 3)
+        d["time"], d["started_at"] = iso_time(self.time), iso_time(self.started_at)
+        d["score"] = _finite_or_none(self.score, 4)
+        d["peak_score"] = _finite_or_none(self.peak_score, 4)
+        d["threshold"] = _finite_or_none(self.threshold, 4)
+        d["duration_s"] = round(self.duration_s, 3)
+        d["tile"] = list(self.tile) if self.tile is not None else None
+        d["peak_tile"] = list(self.peak_tile) if self.peak_tile is not None else None
         return d
 
 
 @dataclass
 class _Active:
+    """What the tracker remembers about the open alert."""
     alert_id: str
     started_at: float
     peak_score: float
     peak_tile: list | None
     last_over: float
     last_update: float
-    frames_over: int = 0
+    frames_over: int
 
 
 @dataclass
 class AlertTracker:
+    """One camera's alert state. Not thread-safe: the frame loop owns it."""
     camera: str
     policy: AlertPolicy = field(default_factory=AlertPolicy)
 
@@ -72,55 +108,68 @@ class AlertTracker:
         self.window: collections.deque[bool] = collections.deque(maxlen=self.policy.window_frames)
         self.current: _Active | None = None
         self.cooldown_until = float("-inf")
-        self.last_threshold = 0.0
+        # The last frame seen, so close() can report the current score like any other event.
+        self.last_score = float("nan")
+        self.last_threshold = float("nan")
+        self.last_tile: list | None = None
 
     @property
     def active(self) -> bool:
         return self.current is not None
 
+    def in_cooldown(self, t: float) -> bool:
+        return self.current is None and t < self.cooldown_until
+
     def _new_id(self, t: float) -> str:
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(t))
+        # Camera + start time + random suffix: unique across restarts and across cameras, and
+        # still readable in a log line.
+        stamp = datetime.fromtimestamp(t, timezone.utc).strftime("%Y%m%dT%H%M%S")
         return f"{self.camera}-{stamp}-{secrets.token_hex(3)}"
 
-    def _event(self, state, t, score, threshold, tile, frame_index, reason=None) -> AlertEvent:
+    def _event(self, state: str, t: float, reason: str | None = None,
+               frame_index: int | None = None) -> AlertEvent:
         a = self.current
-        return AlertEvent(state, a.alert_id, self.camera, t, score, threshold, a.peak_score,
-                          a.peak_tile, tile, a.started_at, t - a.started_at, a.frames_over,
-                          frame_index, reason)
+        return AlertEvent(state, a.alert_id, self.camera, t, self.last_score, self.last_threshold,
+                          a.peak_score, a.peak_tile, self.last_tile, a.started_at,
+                          max(0.0, t - a.started_at), a.frames_over, frame_index, reason)
 
     def update(self, t: float, score: float, threshold: float, tile=None,
                frame_index: int | None = None) -> list[AlertEvent]:
+        """Feed one frame's score; returns the events it causes (usually none).
+        A NaN score counts as not over the threshold."""
         over = score > threshold
-        self.last_threshold = threshold
+        tile = list(tile) if tile is not None else None
+        self.last_score, self.last_threshold, self.last_tile = score, threshold, tile
         self.window.append(over)
         a = self.current
         if a is None:
             if t < self.cooldown_until or sum(self.window) < self.policy.trigger_frames:
                 return []
-            self.current = _Active(self._new_id(t), t, score, tile, t, t, sum(self.window))
-            return [self._event("start", t, score, threshold, tile, frame_index)]
+            self.current = _Active(self._new_id(t), t, score, tile, last_over=t, last_update=t,
+                                   frames_over=sum(self.window))
+            return [self._event("start", t, frame_index=frame_index)]
         if over:
             a.last_over = t
             a.frames_over += 1
             if score > a.peak_score:
                 a.peak_score, a.peak_tile = score, tile
         if t - a.last_over >= self.policy.quiet_s:
-            return [self._finish(t, score, threshold, tile, frame_index, "quiet")]
+            return [self._finish(t, "quiet", frame_index)]
         if t - a.last_update >= self.policy.update_interval_s:
             a.last_update = t
-            return [self._event("update", t, score, threshold, tile, frame_index)]
+            return [self._event("update", t, frame_index=frame_index)]
         return []
 
-    def _finish(self, t, score, threshold, tile, frame_index, reason) -> AlertEvent:
-        event = self._event("end", t, score, threshold, tile, frame_index, reason)
+    def _finish(self, t: float, reason: str, frame_index: int | None) -> AlertEvent:
+        event = self._event("end", t, reason, frame_index)
         self.current = None
+        # A fresh window: the frames that caused this alert must not start the next one.
         self.window.clear()
         self.cooldown_until = t + self.policy.cooldown_s
         return event
 
     def close(self, t: float, reason: str = "shutdown") -> AlertEvent | None:
-        """End an open alert (shutdown, reload); None when there is none."""
+        """End an open alert now (shutdown, reload) and return its `end`; None when idle."""
         if self.current is None:
             return None
-        return self._finish(t, self.current.peak_score, self.last_threshold,
-                            self.current.peak_tile, None, reason)
+        return self._finish(t, reason, None)

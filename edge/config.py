@@ -108,6 +108,13 @@ class CaptureSection(Strict):
     backoff_max_s: float = Field(30.0, gt=0.0)
 
 
+class MetricsSection(Strict):
+    """Prometheus endpoint (text exposition over HTTP)."""
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9108, ge=0, le=65535)
+
+
 class LoggingSection(Strict):
     """Log verbosity and format."""
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -205,6 +212,7 @@ class Config(Strict):
     publisher: PublisherSection = Field(default_factory=PublisherSection)
     journal: JournalSection = Field(default_factory=JournalSection)
     capture: CaptureSection = Field(default_factory=CaptureSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
     cameras: list[CameraConfig] = Field(..., min_length=1)
 

@@ -117,6 +117,7 @@ class Daemon:
         self.bus: AlertBus | None = None
         self.replay: ReplayServer | None = None
         self.publisher: Publisher | None = None
+        self.metrics = None
         self._last_heartbeat = 0.0
 
     # ------------------------------------------------------------------ start-up
@@ -136,6 +137,11 @@ class Daemon:
             self.bus = AlertBus(self.journal, self.publisher)
             log.info("publishing on %s, replay on %s, journal %s", self.publisher.endpoint,
                      self.replay.endpoint, cfg.journal_path())
+            if cfg.metrics.enabled:
+                from .metrics import Metrics
+                self.metrics = Metrics()
+                port = self.metrics.serve(cfg.metrics.host, cfg.metrics.port)
+                log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, port)
         self._open_cameras()
         if not self.cameras:
             raise DaemonError("no enabled camera to run; check `cameras` in the config")
@@ -267,7 +273,11 @@ class Daemon:
 
     def _process(self, batch: list[tuple[CameraRuntime, Frame]]) -> None:
         tiles = [cam.grid.cut(frame.image) for cam, frame in batch]
+        t0 = time.perf_counter()
         feats, maps = self.backend(np.concatenate(tiles))
+        if self.metrics is not None:
+            self.metrics.inference.observe(time.perf_counter() - t0)
+            self.metrics.tiles.inc(sum(len(t) for t in tiles))
         offset = 0
         now = time.monotonic()
         for (cam, frame), t in zip(batch, tiles):
@@ -275,6 +285,8 @@ class Daemon:
             offset += len(t)
             cam.processed.tick(now)
             self.frames_processed += 1
+            if self.metrics is not None:
+                self.metrics.frames.labels(cam.name).inc()
             if cam.collecting is not None:
                 self._collect(cam, f)
             elif cam.calibration is not None:
@@ -298,6 +310,8 @@ class Daemon:
         cam.last_score = score
         latency_ms = (time.time() - frame.time) * 1000.0
         cam.latency_ms = (cam.latency_ms + [latency_ms])[-256:]
+        if self.metrics is not None:
+            self.metrics.frame_latency.labels(cam.name).observe(latency_ms / 1000.0)
         col, row = cam.grid.position(tile)
         events = cam.tracker.update(frame.time, score, cam.threshold, [col, row], frame.index)
         if self.bus is None:
@@ -310,6 +324,8 @@ class Daemon:
                 if self.config.alerts.heatmap:
                     attachments["heatmap.png"] = encode_png(
                         heatmap_image(cam.grid, tile_scores, maps, cam.threshold))
+            if self.metrics is not None:
+                self.metrics.alerts.labels(cam.name, event.state).inc()
             header = self.bus.alert(event, {"latency_ms": round(latency_ms, 1),
                                             "labels": list(frame.labels)}, attachments)
             log.warning("alert %s %s camera=%s score=%.2f peak=%.2f tile=%s seq=%s", event.state,
@@ -330,8 +346,14 @@ class Daemon:
         if self.bus is None or now - self._last_heartbeat < self.config.publisher.heartbeat_s:
             return
         self._last_heartbeat = now
+        states = self.camera_states()
         self.bus.heartbeat({"uptime_s": round(time.time() - self.started, 1),
-                            "frames": self.frames_processed, "cameras": self.camera_states()})
+                            "frames": self.frames_processed, "cameras": states})
+        self.bus.publisher.send("stats", {"schema": 1, "kind": "stats", "camera": None,
+                                          "backend": self.backend.describe(), "cameras": states})
+        if self.metrics is not None:
+            for name, st in states.items():
+                self.metrics.update_camera(name, st, st.get("skipped_fps", 0.0))
 
     def camera_states(self) -> dict:
         now = time.monotonic()
@@ -344,6 +366,8 @@ class Daemon:
             out[name] = {"state": state, "camera_fps": round(stats.get("camera_fps", 0.0), 2),
                          "process_fps": round(cam.processed.per_second(now), 2),
                          "skipped": stats.get("skipped", 0), "dropped": stats.get("dropped", 0),
+                         "skipped_fps": round(max(0.0, stats.get("camera_fps", 0.0)
+                                                  - stats.get("delivered_fps", 0.0)), 2),
                          "reconnects": stats.get("reconnects", 0),
                          "score": None if cam.last_score is None else round(cam.last_score, 3),
                          "threshold": None if not np.isfinite(cam.threshold) else round(cam.threshold, 3),
@@ -392,6 +416,8 @@ class Daemon:
             self.journal.close()
         if self.backend is not None:
             self.backend.close()
+        if self.metrics is not None:
+            self.metrics.close()
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())

@@ -4,13 +4,18 @@ alert events before publishing them.
 Wire format (schema 1): multipart `[topic, header, *attachments]`. Topics `alert.<camera>`,
 `score.<camera>`, `status.<camera>`, `heartbeat`. The header is UTF-8 JSON with `schema`,
 `kind`, ISO-8601 UTC `time` and `camera`; alert headers add the per-camera `seq` from the
-journal and `attachments`, the names of the frames that follow (e.g. snapshot.jpg,
-heatmap.png). Heartbeats carry `last_seq` per camera so a subscriber notices a missed alert
-even when no new one comes.
+journal, `state`, `alert_id`, scores, tiles, `latency_ms` and `attachments`, the names of the
+frames that follow (e.g. snapshot.jpg, heatmap.png). Heartbeats carry `last_seq` per camera so
+a subscriber notices a missed alert even when no new one comes.
 
-Sends never block: PUB with a small high-water mark and NOBLOCK, LINGER 0. A slow or dead
-subscriber loses messages (counted), never the frame loop's time; it recovers alerts from the
-replay endpoint, a ROUTER socket served by its own thread from its own journal connection.
+Sends never block: PUB with a small high-water mark, NOBLOCK and LINGER 0. A PUB socket drops
+messages for a subscriber whose queue is full silently and for that subscriber only, so a slow
+or dead subscriber costs neither the frame loop's time nor the other subscribers' messages. Such
+a subscriber notices the loss by `seq` (or by a heartbeat's `last_seq`) and fetches what it
+missed from the replay endpoint: a ROUTER socket served by its own thread from its own journal
+connection. Request: JSON `{"since": seq | {camera: seq}, "camera": name, "limit": n}`; reply:
+`[summary, header, *attachments, header, *attachments, ...]`, the summary being
+`{"count": n, "more": bool, "last_seq": {camera: seq}}` or `{"error": "..."}`.
 """
 from __future__ import annotations
 
@@ -23,11 +28,15 @@ import cv2
 import numpy as np
 import zmq
 
-from .alerts import AlertEvent
-from .journal import Journal
+from .alerts import AlertEvent, iso_time
+from .journal import Journal, check_since, dumps_header
 
 SCHEMA = 1
+REPLAY_KEYS = {"since", "camera", "limit"}
 log = logging.getLogger("pathwatch.publisher")
+
+__all__ = ["SCHEMA", "AlertBus", "Publisher", "PublisherError", "ReplayServer", "encode_jpeg",
+           "encode_png", "iso_now", "iso_time"]
 
 
 class PublisherError(RuntimeError):
@@ -38,146 +47,222 @@ def iso_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def iso_time(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def _check_image(image, what: str) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.size == 0 or image.ndim not in (2, 3) \
+            or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+        shape = getattr(image, "shape", type(image).__name__)
+        raise ValueError(f"{what}: expected an HxW or HxWx3 image array, got {shape}")
+    return image
 
 
 def encode_jpeg(bgr: np.ndarray, quality: int = 85) -> bytes:
-    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    return buf.tobytes() if ok else b""
+    """A BGR (or grayscale) uint8 frame as JPEG bytes, for the snapshot attachment."""
+    image = _check_image(bgr, "encode_jpeg")
+    if image.dtype != np.uint8:
+        raise ValueError(f"encode_jpeg: expected uint8 pixels, got {image.dtype}; scale to 0..255")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"encode_jpeg: quality {quality} is outside 1..100")
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError(f"encode_jpeg: OpenCV could not encode a {image.shape} image")
+    return buf.tobytes()
 
 
-def encode_png(image: np.ndarray) -> bytes:
+def encode_png(gray_or_bgr: np.ndarray) -> bytes:
+    """A grayscale or BGR uint8/uint16 image as PNG bytes (lossless), for the heatmap."""
+    image = _check_image(gray_or_bgr, "encode_png")
+    if image.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"encode_png: expected uint8 or uint16 pixels, got {image.dtype}")
     ok, buf = cv2.imencode(".png", image)
-    return buf.tobytes() if ok else b""
+    if not ok:
+        raise ValueError(f"encode_png: OpenCV could not encode a {image.shape} image")
+    return buf.tobytes()
 
 
-def _bind(socket: zmq.Socket, address: str) -> str:
+def _bind(socket: zmq.Socket, address: str, what: str) -> str:
+    """Bind, or close the socket and raise a one-line error naming the address."""
     try:
         socket.bind(address)
     except zmq.ZMQError as e:
         socket.close(0)
-        raise PublisherError(f"cannot bind {address}: {e.strerror}; another pathwatch may be "
-                             "running, or choose another address in publisher.*") from None
+        raise PublisherError(f"cannot bind the {what} to {address}: {e.strerror}; another "
+                             "pathwatch may be running there, or choose another address in "
+                             "the publisher section of the config") from None
     endpoint = socket.getsockopt(zmq.LAST_ENDPOINT).decode()
-    if address.startswith("tcp://") and not any(h in address for h in ("127.0.0.1", "localhost", "[::1]")):
-        log.warning("%s is reachable from the network without encryption", endpoint)
+    if address.startswith("tcp://") and not any(h in address for h in ("127.0.0.1", "localhost",
+                                                                        "[::1]")):
+        log.warning("%s %s is reachable from the network without encryption", what, endpoint)
     return endpoint
 
 
 class Publisher:
+    """The PUB socket. Thread-safe: capture threads publish status while the frame loop
+    publishes alerts, and a ZeroMQ socket must not be used by two threads at once."""
+
     def __init__(self, bind: str = "tcp://127.0.0.1:5556", sndhwm: int = 100,
                  context: zmq.Context | None = None):
         self.context = context or zmq.Context.instance()
         self.socket = self.context.socket(zmq.PUB)
         self.socket.setsockopt(zmq.SNDHWM, sndhwm)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.endpoint = _bind(self.socket, bind)
+        self.socket.setsockopt(zmq.LINGER, 0)  # close() never waits for a dead subscriber
+        self.endpoint = _bind(self.socket, bind, "publisher")
         self.sent = 0
-        # PUB drops silently for a subscriber whose queue is full; this only counts sends the
-        # socket itself refused (no peer buffer at all), which is rare.
+        # Sends the socket refused (zmq.Again). A full queue of one subscriber is not counted
+        # here: PUB drops for that subscriber alone without telling the sender; subscribers
+        # see it as a seq gap.
         self.dropped = 0
-        self._lock = threading.Lock()  # capture threads publish status; ZeroMQ sockets are not thread-safe
+        self._lock = threading.Lock()
+        self._closed = False
 
     def send(self, topic: str, header: dict, attachments=()) -> bool:
-        parts = [topic.encode(), json.dumps(header, allow_nan=False).encode(), *attachments]
+        """Publish without blocking; False when the message was dropped (or after close)."""
+        parts = [topic.encode(), dumps_header(header).encode(), *attachments]
         with self._lock:
+            if self._closed:
+                return False
             try:
+                # Zero-copy for the (large) attachment frames; small messages copy faster.
                 self.socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=len(parts) < 3)
             except zmq.Again:
                 self.dropped += 1
                 return False
-        self.sent += 1
+            self.sent += 1
         return True
 
     def close(self) -> None:
         with self._lock:
-            self.socket.close(0)
+            if not self._closed:
+                self._closed = True
+                self.socket.close(0)
 
 
 class ReplayServer:
-    """Answers `{"since": int | {camera: seq}, "camera": ..., "limit": n}` with
-    `[summary, header, *attachments, header, ...]` from the journal."""
+    """Serves the journal to subscribers that missed events (see the module docstring)."""
 
-    def __init__(self, bind: str, journal_path, context: zmq.Context | None = None,
-                 max_limit: int = 1000):
+    def __init__(self, bind: str = "tcp://127.0.0.1:5557", journal_path=None,
+                 context: zmq.Context | None = None, max_limit: int = 1000,
+                 max_reply_bytes: int = 64 << 20):
+        if journal_path is None:
+            raise ValueError("ReplayServer needs journal_path, the file the daemon journals to")
         self.context = context or zmq.Context.instance()
+        # Open the journal first: a missing or bad file must not leave a bound socket behind.
+        self.journal = Journal(journal_path, reader=True)  # used by the serving thread only
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
-        self.endpoint = _bind(self.socket, bind)
+        try:
+            self.endpoint = _bind(self.socket, bind, "replay endpoint")
+        except PublisherError:
+            self.journal.close()
+            raise
         self.journal_path, self.max_limit = journal_path, max_limit
-        self.journal = Journal(journal_path, reader=True)  # used by the serving thread only
+        self.max_reply_bytes = max_reply_bytes  # a page ends early rather than grow unbounded
+        self.served = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        if self._thread is not None:
+            return
         self._thread = threading.Thread(target=self._serve, name="replay", daemon=True)
         self._thread.start()
 
     def _serve(self) -> None:
-        journal = self.journal
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         try:
             while not self._stop.is_set():
-                if not dict(poller.poll(100)):
+                if not dict(poller.poll(100)):  # short, so stop() is prompt
                     continue
                 frames = self.socket.recv_multipart()
-                # REQ peers put an empty delimiter between the identity and the body.
-                split = frames.index(b"") + 1 if b"" in frames[:2] else 1
+                # ROUTER prefixes the peer identity; REQ peers add an empty delimiter after it.
+                split = 2 if len(frames) > 1 and frames[1] == b"" else 1
                 envelope, body = frames[:split], frames[split:]
-                self.socket.send_multipart(envelope + self._answer(journal, body))
+                self.socket.send_multipart(envelope + self._reply(body))
+                self.served += 1
         finally:
-            journal.close()
+            self.journal.close()
             self.socket.close(0)
 
-    def _answer(self, journal: Journal, body: list[bytes]) -> list[bytes]:
+    def _reply(self, body: list[bytes]) -> list[bytes]:
         try:
-            req = json.loads(body[0]) if body else None
-            if not isinstance(req, dict):
-                raise ValueError("request must be a JSON object")
-            since = req.get("since", 0)
-            if not isinstance(since, (int, dict)) or isinstance(since, bool):
-                raise ValueError("'since' must be a seq number or {camera: seq}")
-            limit = min(int(req.get("limit", self.max_limit)), self.max_limit)
-            events = journal.since(since, req.get("camera"), limit + 1)
-        except (ValueError, TypeError, UnicodeDecodeError) as e:
+            return self._answer(body)
+        except ValueError as e:
             return [json.dumps({"error": f"bad replay request: {e}"}).encode()]
+        except Exception as e:  # the endpoint must outlive any one request
+            log.exception("replay request failed")
+            return [json.dumps({"error": f"replay failed: {e}"}).encode()]
+
+    def _parse(self, body: list[bytes]) -> tuple:
+        if len(body) != 1:
+            raise ValueError(f"expected one JSON frame, got {len(body)} frames")
+        try:
+            req = json.loads(body[0])
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"not JSON ({e})") from None
+        if not isinstance(req, dict):
+            raise ValueError("the request must be a JSON object like {\"since\": 0}")
+        unknown = set(req) - REPLAY_KEYS
+        if unknown:
+            raise ValueError(f"unknown keys {sorted(unknown)}; use {sorted(REPLAY_KEYS)}")
+        since = check_since(req.get("since"))
+        camera = req.get("camera")
+        if camera is not None and not isinstance(camera, str):
+            raise ValueError("'camera' must be a camera name")
+        limit = req.get("limit") or self.max_limit
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError("'limit' must be a whole number >= 1")
+        return since, camera, min(limit, self.max_limit)
+
+    def _answer(self, body: list[bytes]) -> list[bytes]:
+        since, camera, limit = self._parse(body)
+        events = self.journal.since(since, camera, limit + 1)  # one extra tells `more`
         more = len(events) > limit
-        events = events[:limit]
-        out = [json.dumps({"count": len(events), "more": more, "last_seq": journal.last_seqs()}).encode()]
-        for e in events:
-            out.append(json.dumps(e.header).encode())
-            out.extend(e.attachments)
-        return out
+        frames, size, count = [], 0, 0
+        for e in events[:limit]:
+            event_frames = [dumps_header(e.header).encode(), *e.attachments]
+            size += sum(len(f) for f in event_frames)
+            if count and size > self.max_reply_bytes:
+                more = True
+                break
+            frames += event_frames
+            count += 1
+        summary = {"count": count, "more": more, "last_seq": self.journal.last_seqs()}
+        return [json.dumps(summary).encode(), *frames]
 
     def stop(self) -> None:
+        """Stop serving within about 0.1 s; closes the socket and the journal connection."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(2.0)
+            self._thread.join(5.0)
+        elif not self.socket.closed:  # never started: nothing else will close them
+            self.journal.close()
+            self.socket.close(0)
 
 
 class AlertBus:
-    """Journal first, then publish: an alert a subscriber missed is always in the journal."""
+    """Journal first, then publish: an alert a subscriber missed is always in the journal.
+    Thread-safe; the journal connection it was given must belong to the calling thread
+    (or only ever be used under this bus)."""
 
     def __init__(self, journal: Journal, publisher: Publisher):
         self.journal, self.publisher = journal, publisher
         self._lock = threading.Lock()
 
-    def alert(self, event: AlertEvent, extra: dict, attachments: dict[str, bytes]) -> dict:
-        header = {"schema": SCHEMA, "kind": "alert", "time": iso_time(event.time),
-                  **event.to_header(), **extra, "attachments": list(attachments)}
-        header.pop("time", None)
-        header["time"] = iso_time(event.time)
+    def alert(self, event: AlertEvent, extra: dict | None = None,
+              attachments: dict[str, bytes] | None = None) -> dict:
+        """Journal the event (assigning its seq), publish it, return the header as sent."""
+        attachments = attachments or {}
+        header = {"schema": SCHEMA, "kind": "alert", **event.to_header(), **(extra or {}),
+                  "attachments": list(attachments)}
+        topic = f"alert.{event.camera}"
         with self._lock:
-            header = self.journal.append(event.camera, f"alert.{event.camera}", header,
-                                         list(attachments.values()))
-        self.publisher.send(f"alert.{event.camera}", header, list(attachments.values()))
+            header = self.journal.append(event.camera, topic, header, list(attachments.values()))
+        self.publisher.send(topic, header, list(attachments.values()))
         return header
 
-    def score(self, camera: str, fields: dict) -> None:
+    def score(self, camera: str, header: dict) -> None:
         self.publisher.send(f"score.{camera}", {"schema": SCHEMA, "kind": "score",
-                                                "time": iso_now(), "camera": camera, **fields})
+                                                "time": iso_now(), "camera": camera, **header})
 
     def status(self, camera: str, state: str, detail: str = "") -> None:
         self.publisher.send(f"status.{camera}", {"schema": SCHEMA, "kind": "status",
@@ -185,6 +270,7 @@ class AlertBus:
                                                  "state": state, "detail": detail})
 
     def heartbeat(self, extra: dict | None = None) -> None:
+        """Not journaled. `last_seq` lets a subscriber see alerts it missed."""
         with self._lock:
             last = self.journal.last_seqs()
         self.publisher.send("heartbeat", {"schema": SCHEMA, "kind": "heartbeat",

@@ -1,9 +1,16 @@
 """The client side of the alert stream: subscribe, notice gaps by seq, fill them from replay.
 
 Alert events arrive in order per camera with consecutive `seq`. When a subscriber starts late
-(`since`), misses messages (its queue overflowed, it was restarted) or a heartbeat shows a
+(`since`), misses messages (its queue overflowed, it reconnected) or a heartbeat shows a
 camera's `last_seq` ahead of what it saw, it asks the replay endpoint for the missing events
-and yields them in order, each exactly once.
+and yields them in order, each (camera, seq) exactly once.
+
+What cannot be recovered is said, not hidden: when the replay endpoint does not answer (or the
+journal no longer holds the events) the stream yields a notice, topic `missed.<camera>` (or
+`missed` when the camera is unknown), header `{"kind": "missed", "camera", "from_seq",
+"to_seq", "reason"}`, and goes on; `replay_ok` / `replay_error` tell the endpoint's state.
+After a failed request, replay is not tried again for `replay_retry_s`, so a dead endpoint
+costs one timeout, not one per message.
 """
 from __future__ import annotations
 
@@ -11,12 +18,16 @@ import json
 import sys
 import time
 from dataclasses import dataclass
+from typing import Iterator
 
 import zmq
 
+from .journal import check_since
+from .publisher import SCHEMA, iso_now
+
 
 class ReplayUnavailable(RuntimeError):
-    """The replay endpoint did not answer in time."""
+    """The replay endpoint did not answer in time, or refused the request."""
 
 
 @dataclass
@@ -26,153 +37,269 @@ class Message:
     attachments: list[bytes]
 
 
+def _camera_seq(header: dict) -> tuple[str | None, int | None]:
+    cam, seq = header.get("camera"), header.get("seq")
+    if isinstance(cam, str) and isinstance(seq, int) and not isinstance(seq, bool):
+        return cam, seq
+    return None, None
+
+
 class AlertSubscriber:
+    """`since`: None follows the live stream only (a camera's first message sets where it
+    stands); an int or {camera: seq} first replays everything after it, and the stream then
+    continues from there without a hole."""
+
     def __init__(self, pub_addr: str, replay_addr: str | None, topics=("alert.",),
                  since: int | dict | None = None, context: zmq.Context | None = None,
-                 replay_timeout_s: float = 3.0):
+                 replay_timeout_s: float = 3.0, replay_retry_s: float = 10.0,
+                 rcvhwm: int = 10000):
+        self.topics = tuple(topics)
+        self.since = None if since is None else check_since(since)
         self.context = context or zmq.Context.instance()
         self.sub = self.context.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
-        self.sub.setsockopt(zmq.RCVHWM, 10000)
-        self.topics = tuple(topics)
+        self.sub.setsockopt(zmq.RCVHWM, rcvhwm)  # beyond it the publisher drops; replay refills
         for t in set(self.topics) | {"heartbeat"}:  # heartbeats reveal missed alerts
             self.sub.setsockopt(zmq.SUBSCRIBE, t.encode())
-        self.sub.connect(pub_addr)
-        self.replay_addr, self.replay_timeout_s = replay_addr, replay_timeout_s
-        self.seen: dict[str, int] = {}
-        self.since = since
-        self.last_message_at: float | None = None
-        self.replay_ok: bool | None = None
-        self._pending: list[Message] = []
+        try:
+            self.sub.connect(pub_addr)
+        except zmq.ZMQError as e:
+            self.sub.close(0)
+            raise ValueError(f"cannot connect to {pub_addr}: {e.strerror}; give an address like "
+                             "tcp://127.0.0.1:5556") from None
+        self.replay_addr = replay_addr
+        self.replay_timeout_s, self.replay_retry_s = replay_timeout_s, replay_retry_s
+        # Highest seq yielded per camera; cameras absent count from `floor` (None: adopt the
+        # first seq heard, a subscriber without `since` wants new events, not history).
+        self.seen: dict[str, int] = dict(self.since) if isinstance(self.since, dict) else {}
+        self.floor: int | None = None if self.since is None else \
+            (self.since if isinstance(self.since, int) else 0)
+        self.started_at = time.monotonic()
+        self.last_message_at: float | None = None  # time.monotonic() of the last message heard
+        self.replay_ok: bool | None = None  # None: not needed yet
+        self.replay_error: str | None = None
+        self.recovered = 0  # events obtained from replay
+        self.missed = 0  # events reported as unrecoverable
+        self.malformed = 0  # messages that were not the wire format (ignored)
+        self._replay_blocked_until = 0.0
+
+    def silent_s(self) -> float:
+        """Seconds since the last message (any topic, heartbeats included) or since start."""
+        return time.monotonic() - (self.last_message_at or self.started_at)
+
+    def wants(self, topic: str) -> bool:
+        return any(topic.startswith(t) for t in self.topics)
 
     # ------------------------------------------------------------------ replay
-    def replay(self, since: int | dict, camera: str | None = None) -> list[Message]:
-        if self.replay_addr is None:
-            return []
-        out: list[Message] = []
-        while True:
-            sock = self.context.socket(zmq.REQ)
-            sock.setsockopt(zmq.LINGER, 0)
+    def _request(self, request: dict) -> list[bytes]:
+        if time.monotonic() < self._replay_blocked_until:
+            raise ReplayUnavailable(self.replay_error or "replay endpoint unavailable")
+        sock = self.context.socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
             sock.connect(self.replay_addr)
-            try:
-                sock.send(json.dumps({"since": since, "camera": camera}).encode())
-                if not sock.poll(int(self.replay_timeout_s * 1000)):
-                    self.replay_ok = False
-                    raise ReplayUnavailable(f"replay endpoint {self.replay_addr} did not answer "
-                                            f"within {self.replay_timeout_s:g} s")
-                frames = sock.recv_multipart()
-            finally:
-                sock.close(0)
-            self.replay_ok = True
+            sock.send(json.dumps(request).encode())
+            if not sock.poll(int(self.replay_timeout_s * 1000)):
+                self.replay_ok = False
+                self.replay_error = (f"replay endpoint {self.replay_addr} did not answer within "
+                                     f"{self.replay_timeout_s:g} s")
+                self._replay_blocked_until = time.monotonic() + self.replay_retry_s
+                raise ReplayUnavailable(self.replay_error)
+            frames = sock.recv_multipart()
+        except zmq.ZMQError as e:
+            self.replay_ok, self.replay_error = False, f"replay endpoint {self.replay_addr}: {e}"
+            raise ReplayUnavailable(self.replay_error) from None
+        finally:
+            sock.close(0)
+        self.replay_ok, self.replay_error = True, None
+        return frames
+
+    def _page(self, since, camera: str | None) -> tuple[dict, list[Message]]:
+        frames = self._request({"since": since, "camera": camera})
+        try:
             summary = json.loads(frames[0])
             if "error" in summary:
-                raise ReplayUnavailable(summary["error"])
-            i = 1
-            batch = []
+                raise ReplayUnavailable(f"replay endpoint refused: {summary['error']}")
+            batch, i = [], 1
             while i < len(frames):
                 header = json.loads(frames[i])
                 n = len(header.get("attachments", []))
                 batch.append(Message(f"alert.{header['camera']}", header, frames[i + 1:i + 1 + n]))
                 i += 1 + n
-            out += batch
-            if not summary.get("more") or not batch:
-                return out
-            # Continue after what arrived, camera by camera.
-            since = dict(since) if isinstance(since, dict) else {}
-            for m in batch:
-                since[m.header["camera"]] = max(since.get(m.header["camera"], 0), m.header["seq"])
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ReplayUnavailable(f"replay endpoint {self.replay_addr} sent a malformed reply "
+                                    f"({e})") from None
+        return summary, batch
 
-    def _fill(self, camera: str | None, upto: dict | None = None) -> list[Message]:
-        since = dict(self.seen) if camera is None else {camera: self.seen.get(camera, 0)}
-        try:
-            events = self.replay(since if since else 0, camera)
-        except ReplayUnavailable:
-            return []
-        return [m for m in events if self._accept(m)]
+    def replay_iter(self, since: int | dict, camera: str | None = None) -> Iterator[Message]:
+        """Every journaled event after `since`, oldest first, page by page."""
+        if self.replay_addr is None:
+            raise ReplayUnavailable("no replay endpoint configured")
+        since = check_since(since)
+        while True:
+            summary, batch = self._page(since, camera)
+            yield from batch
+            if not summary.get("more") or not batch:
+                return
+            # Next page: every camera from where this page left it. An int `since` applies to
+            # all cameras, so spell it out for each one the journal knows.
+            position = dict(since) if isinstance(since, dict) else \
+                {cam: since for cam in summary.get("last_seq", {})}
+            for m in batch:
+                cam, seq = _camera_seq(m.header)
+                if cam is not None:
+                    position[cam] = max(position.get(cam, 0), seq)
+            since = position
+
+    def replay(self, since: int | dict, camera: str | None = None) -> list[Message]:
+        return list(self.replay_iter(since, camera))
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _known(self, camera: str) -> int | None:
+        return self.seen.get(camera, self.floor)
 
     def _accept(self, m: Message) -> bool:
-        cam, seq = m.header.get("camera"), m.header.get("seq")
-        if not any(m.topic.startswith(t) for t in self.topics):
+        """Topic filter and (camera, seq) deduplication; records what was yielded."""
+        if not self.wants(m.topic):
             return False
-        if seq is None:
-            return True
-        if seq <= self.seen.get(cam, 0):
-            return False  # a duplicate from replay and live overlap
+        cam, seq = _camera_seq(m.header)
+        if cam is None:
+            return True  # score/status/heartbeat messages carry no seq
+        known = self._known(cam)
+        if known is not None and seq <= known:
+            return False  # a duplicate where replay and live overlap
         self.seen[cam] = seq
         return True
 
-    # ------------------------------------------------------------------ stream
-    def events(self, timeout_s: float | None = None):
-        """Yield Messages in order; returns after `timeout_s` without a message (None: never)."""
-        if self.since is not None:
-            try:
-                initial = self.replay(self.since)
-            except ReplayUnavailable:
-                initial = []
-            self.since = None
-            for m in initial:
+    def _missed(self, camera: str | None, first: int | None, last: int | None,
+                reason: str) -> Message:
+        if camera is not None and last is not None:
+            self.missed += last - first + 1
+            self.seen[camera] = max(self.seen.get(camera, 0), last)  # move on, reported
+        header = {"schema": SCHEMA, "kind": "missed", "time": iso_now(), "camera": camera,
+                  "from_seq": first, "to_seq": last, "reason": reason}
+        return Message("missed" if camera is None else f"missed.{camera}", header, [])
+
+    def _fill(self, camera: str, last: int) -> Iterator[Message]:
+        """Yield the camera's events after what was seen, up to `last`, from replay; report
+        what could not be had."""
+        first = self._known(camera) + 1
+        try:
+            for m in self.replay_iter({camera: first - 1}, camera):
+                seq = _camera_seq(m.header)[1]
+                if seq > last:
+                    break
+                if seq > self._known(camera) + 1:  # a hole retention cut into the journal
+                    yield self._missed(camera, self._known(camera) + 1, seq - 1,
+                                       "not in the journal any more (retention)")
                 if self._accept(m):
+                    self.recovered += 1
                     yield m
+        except ReplayUnavailable as e:
+            reason = str(e)
+        else:
+            reason = "not in the journal any more (retention)"
+        if self._known(camera) < last:
+            yield self._missed(camera, self._known(camera) + 1, last, reason)
+
+    def _catch_up(self, last_seq: dict) -> Iterator[Message]:
+        """A heartbeat says how far each camera's journal is: fill cameras that are behind."""
+        if not isinstance(last_seq, dict):
+            return
+        for cam, seq in last_seq.items():
+            if not isinstance(seq, int) or not self.wants(f"alert.{cam}"):
+                continue
+            known = self._known(cam)
+            if known is None:
+                self.seen[cam] = seq  # a new live-only subscriber starts here
+            elif seq > known:
+                yield from self._fill(cam, seq)
+
+    def _initial(self) -> Iterator[Message]:
+        since, self.since = self.since, None
+        try:
+            for m in self.replay_iter(since):
+                if self._accept(m):
+                    self.recovered += 1
+                    yield m
+        except ReplayUnavailable as e:
+            # Cameras not known yet: the first live message or heartbeat says how much is
+            # missing and retries (after replay_retry_s) or reports it per camera.
+            yield self._missed(None, None, None, f"could not replay events after {since}: {e}")
+
+    # ------------------------------------------------------------------ stream
+    def _receive(self) -> Message | None:
+        parts = self.sub.recv_multipart()
+        self.last_message_at = time.monotonic()
+        try:
+            header = json.loads(parts[1])
+            if not isinstance(header, dict):
+                raise ValueError("header is not a JSON object")
+            return Message(parts[0].decode(), header, parts[2:])
+        except (IndexError, ValueError, UnicodeDecodeError):
+            self.malformed += 1
+            return None
+
+    def events(self, timeout_s: float | None = None) -> Iterator[Message]:
+        """Yield Messages in order; returns once `timeout_s` pass without any message
+        (None: never). Can be called again to go on."""
+        if self.since is not None:
+            yield from self._initial()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
-            wait = 200 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
-            if not self.sub.poll(min(wait, 200)):
+            wait_ms = 200 if deadline is None else \
+                min(200, max(0, int((deadline - time.monotonic()) * 1000)))
+            if not self.sub.poll(wait_ms):
                 if deadline is not None and time.monotonic() >= deadline:
                     return
                 continue
-            parts = self.sub.recv_multipart()
-            self.last_message_at = time.monotonic()
+            msg = self._receive()
             if deadline is not None:
                 deadline = time.monotonic() + timeout_s
-            topic, header = parts[0].decode(), json.loads(parts[1])
-            msg = Message(topic, header, parts[2:])
-            if topic == "heartbeat":
-                for m in self._catch_up(header.get("last_seq", {})):
-                    yield m
-                if "heartbeat" in self.topics:
+            if msg is None:
+                continue
+            if msg.topic == "heartbeat":
+                yield from self._catch_up(msg.header.get("last_seq"))
+                if self.wants("heartbeat"):
                     yield msg
                 continue
-            seq, cam = header.get("seq"), header.get("camera")
-            if seq is not None and self.seen.get(cam, 0) + 1 < seq and cam in self.seen:
-                for m in self._fill(cam):
-                    if m.header["seq"] < seq:
-                        yield m
+            cam, seq = _camera_seq(msg.header)
+            if cam is not None and self.wants(msg.topic):
+                known = self._known(cam)
+                if known is not None and seq > known + 1:
+                    yield from self._fill(cam, seq - 1)
             if self._accept(msg):
                 yield msg
-
-    def _catch_up(self, last_seq: dict) -> list[Message]:
-        """A heartbeat says how far each camera's journal is. Cameras never heard of start
-        from there (a new subscriber wants new events, not history); cameras behind are
-        filled from replay."""
-        out = []
-        for cam, seq in last_seq.items():
-            if not any(f"alert.{cam}".startswith(t) for t in self.topics):
-                continue
-            if cam not in self.seen:
-                self.seen[cam] = seq
-            elif seq > self.seen[cam]:
-                out += self._fill(cam)
-        return out
 
     def close(self) -> None:
         self.sub.close(0)
 
 
-def tail_main(pub: str, replay: str | None, since: int | None, topics=("alert.",), out=None,
-              stop_after: int | None = None, timeout_s: float | None = None) -> int:
-    """`pathwatch tail`: one JSON object per line (header + attachment sizes), flushed."""
+def tail_line(m: Message) -> str:
+    """One JSON line: the topic, the header, and the attachments' sizes (not their bytes)."""
+    return json.dumps({"topic": m.topic, **m.header,
+                       "attachment_bytes": [len(a) for a in m.attachments]})
+
+
+def tail_main(pub: str, replay: str | None, since: int | dict | None = None,
+              topics=("alert.",), out=None, stop_after: int | None = None,
+              timeout_s: float | None = None) -> int:
+    """`pathwatch tail`: print each event as one JSON line and flush. `stop_after`: exit after
+    that many stream events (`missed` notices are printed but not counted); `timeout_s`: exit
+    after that long without a message. Returns the exit status (0)."""
     out = out or sys.stdout
     sub = AlertSubscriber(pub, replay, topics, since)
     n = 0
     try:
+        if stop_after is not None and stop_after <= 0:
+            return 0
         for m in sub.events(timeout_s):
-            line = {"topic": m.topic, **m.header,
-                    "attachment_bytes": [len(a) for a in m.attachments]}
-            out.write(json.dumps(line) + "\n")
+            out.write(tail_line(m) + "\n")
             out.flush()
-            n += 1
-            if stop_after is not None and n >= stop_after:
-                break
+            if m.header.get("kind") != "missed":
+                n += 1
+                if stop_after is not None and n >= stop_after:
+                    break
     except KeyboardInterrupt:
         pass
     finally:

@@ -27,7 +27,7 @@ def tiny_bundle(tiny_run, tmp_path_factory) -> Path:
     return out
 
 
-def daemon_config(tmp: Path, bundle: Path, source: str, **camera) -> Path:
+def daemon_config(tmp: Path, bundle: Path, source: str, metrics_port: int = 0, **camera) -> Path:
     """A config for a test daemon: its own state, ipc sockets, a small calibration."""
     import yaml
 
@@ -39,6 +39,7 @@ def daemon_config(tmp: Path, bundle: Path, source: str, **camera) -> Path:
                       "quiet_s": 1.0, "cooldown_s": 2.0},
            "publisher": {"bind": f"ipc://{tmp}/pub.sock", "replay_bind": f"ipc://{tmp}/replay.sock",
                          "score_rate_hz": 5},
+           "metrics": {"port": metrics_port},
            "cameras": [cam]}
     path = tmp / "pathwatch.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -99,14 +99,29 @@ def test_object_entering_a_video_raises_one_alert_with_consecutive_seq(tmp_path,
     assert "offline" in log and "Traceback" not in log
 
 
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_sigterm_publishes_offline_and_keeps_the_journal(tmp_path, tiny_bundle, scene_video):
+    import urllib.request
+
     video, _ = scene_video
-    config = daemon_config(tmp_path, tiny_bundle, str(video))
+    port = free_port()
+    config = daemon_config(tmp_path, tiny_bundle, str(video), metrics_port=port)
     proc = launch(config)
     sub = AlertSubscriber(f"ipc://{tmp_path}/pub.sock", None, topics=("status.",))
     try:
         online = collect(sub, lambda g: any(m.header.get("state") == "calibrating" for m in g), 60)
         assert online, _log(proc)
+        time.sleep(2.5)  # a heartbeat or two refresh the gauges
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        for name in ("pathwatch_camera_fps{camera=\"cam\"}", "pathwatch_process_fps{camera=\"cam\"}",
+                     "pathwatch_inference_seconds_bucket", "pathwatch_frames_processed_total{camera=\"cam\"}"):
+            assert name in text, name
         proc.send_signal(signal.SIGTERM)
         tail = collect(sub, lambda g: any(m.header.get("state") == "offline" for m in g), 15)
         assert any(m.header["state"] == "offline" for m in tail)
