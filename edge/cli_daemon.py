@@ -156,9 +156,7 @@ def cmd_calibrate(a) -> int:
 # ----------------------------------------------------------------------------------- tail
 def add_tail(sub) -> None:
     p = sub.add_parser("tail", help="print alert events as JSON lines (fills gaps by replay)")
-    p.add_argument("--config", help="take the addresses from this config")
-    p.add_argument("--connect", help="publisher address (default from the config)")
-    p.add_argument("--replay", help="replay address (default from the config)")
+    _add_client_args(p)
     p.add_argument("--since", type=int, help="first replay every event after this seq")
     p.add_argument("--topic", action="append", help="topic prefixes (default alert.)")
     p.add_argument("--count", type=int, help="exit after this many events")
@@ -170,17 +168,42 @@ def _client_address(bind: str) -> str:
     return bind.replace("://*:", "://127.0.0.1:").replace("://0.0.0.0:", "://127.0.0.1:")
 
 
+def _client_security(a, config):
+    """CURVE options for a client from --server-key/--client-key or the config's security."""
+    from .security import client_options
+
+    server = a.server_key or (config.security.server_public_key if config else None)
+    client = a.client_key or (config.security.client_key if config else None)
+    if not server and not client:
+        return None
+    if not (server and client):
+        raise ValueError("CURVE needs both the server's public key (--server-key) and this "
+                         "client's secret key (--client-key)")
+    return client_options(server, client)
+
+
+def _endpoints(a):
+    config = None if (a.connect and a.replay and not a.config) else find_config(a.config)[0]
+    pub = a.connect or _client_address(config.publisher.bind)
+    replay = a.replay or _client_address(config.publisher.replay_bind)
+    return pub, replay, _client_security(a, config)
+
+
+def _add_client_args(p) -> None:
+    p.add_argument("--config", help="take the addresses (and keys) from this config")
+    p.add_argument("--connect", help="publisher address (default from the config)")
+    p.add_argument("--replay", help="replay address (default from the config)")
+    p.add_argument("--server-key", help="CURVE: the daemon's public key file (NAME.key)")
+    p.add_argument("--client-key", help="CURVE: this client's secret key file (NAME.key_secret)")
+
+
 def cmd_tail(a) -> int:
     from .subscriber import tail_main
 
-    if a.connect and a.replay:
-        pub, replay = a.connect, a.replay
-    else:
-        config, _ = find_config(a.config)
-        pub = a.connect or _client_address(config.publisher.bind)
-        replay = a.replay or _client_address(config.publisher.replay_bind)
+    pub, replay, secure = _endpoints(a)
     try:
-        return tail_main(pub, replay, a.since, tuple(a.topic or ["alert."]), stop_after=a.count) or 0
+        return tail_main(pub, replay, a.since, tuple(a.topic or ["alert."]), stop_after=a.count,
+                         secure=secure) or 0
     except BrokenPipeError:  # `pathwatch tail | head` is normal use
         return 0
 
@@ -188,19 +211,33 @@ def cmd_tail(a) -> int:
 # ----------------------------------------------------------------------------------- view
 def add_view(sub) -> None:
     p = sub.add_parser("view", help="live terminal view of a running daemon")
-    p.add_argument("--config", help="take the addresses from this config")
-    p.add_argument("--connect", help="publisher address (default from the config)")
-    p.add_argument("--replay", help="replay address (default from the config)")
+    _add_client_args(p)
     p.set_defaults(func=cmd_view)
 
 
 def cmd_view(a) -> int:
     from .view import run_view
 
-    config, _ = find_config(a.config) if not (a.connect and a.replay) else (None, None)
-    pub = a.connect or _client_address(config.publisher.bind)
-    replay = a.replay or _client_address(config.publisher.replay_bind)
-    return run_view(pub, replay)
+    pub, replay, secure = _endpoints(a)
+    return run_view(pub, replay, secure=secure)
+
+
+# ----------------------------------------------------------------------------------- keys
+def add_keys(sub) -> None:
+    p = sub.add_parser("keys", help="CURVE key pairs for the publisher and its clients")
+    ksub = p.add_subparsers(dest="keys_command", required=True)
+    g = ksub.add_parser("generate", help="write NAME.key (public) and NAME.key_secret (mode 600)")
+    g.add_argument("directory")
+    g.add_argument("--name", required=True, help="e.g. server, or a client's name")
+    g.set_defaults(func=cmd_keys_generate)
+
+
+def cmd_keys_generate(a) -> int:
+    from .security import generate_keys
+
+    public, secret = generate_keys(a.directory, a.name)
+    out.print(f"public key {public} (give it to the other side), secret key {secret} (keep it)")
+    return 0
 
 
 # --------------------------------------------------------------------------------- config
@@ -235,5 +272,5 @@ def cmd_config_schema(a) -> int:
 
 
 def register(sub) -> None:
-    for add in (add_run, add_calibrate, add_tail, add_view, add_config):
+    for add in (add_run, add_calibrate, add_tail, add_view, add_keys, add_config):
         add(sub)

@@ -108,6 +108,23 @@ class CaptureSection(Strict):
     backoff_max_s: float = Field(30.0, gt=0.0)
 
 
+class SecuritySection(Strict):
+    """CURVE encryption and client authentication for the publisher and the replay endpoint."""
+    curve: bool = False
+    server_key: str | None = Field(None, description="the daemon's secret certificate (.key_secret)")
+    authorized_clients: str | None = Field(None, description="directory of client public keys (*.key)")
+    server_public_key: str | None = Field(None, description="for clients (tail, view): the "
+                                          "daemon's public certificate (.key)")
+    client_key: str | None = Field(None, description="for clients: their secret certificate")
+
+    @model_validator(mode="after")
+    def _complete(self):
+        if self.curve and not (self.server_key and self.authorized_clients):
+            raise ValueError("curve: true needs server_key and authorized_clients "
+                             "(create them with `pathwatch keys generate`)")
+        return self
+
+
 class MetricsSection(Strict):
     """Prometheus endpoint (text exposition over HTTP)."""
     enabled: bool = True
@@ -212,6 +229,7 @@ class Config(Strict):
     publisher: PublisherSection = Field(default_factory=PublisherSection)
     journal: JournalSection = Field(default_factory=JournalSection)
     capture: CaptureSection = Field(default_factory=CaptureSection)
+    security: SecuritySection = Field(default_factory=SecuritySection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
     cameras: list[CameraConfig] = Field(..., min_length=1)
@@ -449,6 +467,9 @@ def _resolve_paths(config: Config, base: Path) -> None:
     config.journal.path = fix(config.journal.path)
     config.state_dir = fix(config.state_dir)
     config.cache_dir = fix(config.cache_dir)
+    sec = config.security
+    sec.server_key, sec.authorized_clients = fix(sec.server_key), fix(sec.authorized_clients)
+    sec.server_public_key, sec.client_key = fix(sec.server_public_key), fix(sec.client_key)
     for cam in config.cameras:
         cam.calibration = fix(cam.calibration)
         if isinstance(cam.source, str) and not re.match(r"^([a-z]+://|demo(:|$)|/dev/)", cam.source):

@@ -118,6 +118,7 @@ class Daemon:
         self.replay: ReplayServer | None = None
         self.publisher: Publisher | None = None
         self.metrics = None
+        self.curve = None
         self._last_heartbeat = 0.0
 
     # ------------------------------------------------------------------ start-up
@@ -131,8 +132,9 @@ class Daemon:
             self.journal = Journal(cfg.journal_path())
             self.journal.prune(max_age_s=cfg.journal.max_age_days * 86400.0,
                                max_events=cfg.journal.max_events)
-            self.publisher = Publisher(cfg.publisher.bind, sndhwm=cfg.publisher.sndhwm)
-            self.replay = ReplayServer(cfg.publisher.replay_bind, cfg.journal_path())
+            secure = self._curve_server()
+            self.publisher = Publisher(cfg.publisher.bind, sndhwm=cfg.publisher.sndhwm, secure=secure)
+            self.replay = ReplayServer(cfg.publisher.replay_bind, cfg.journal_path(), secure=secure)
             self.replay.start()
             self.bus = AlertBus(self.journal, self.publisher)
             log.info("publishing on %s, replay on %s, journal %s", self.publisher.endpoint,
@@ -146,6 +148,17 @@ class Daemon:
         if not self.cameras:
             raise DaemonError("no enabled camera to run; check `cameras` in the config")
         self.notify("READY=1")
+
+    def _curve_server(self):
+        sec = self.config.security
+        if not sec.curve:
+            return None
+        import zmq
+
+        from .security import CurveServer
+        self.curve = CurveServer(zmq.Context.instance(), sec.server_key, sec.authorized_clients)
+        log.info("CURVE on: clients must hold a key from %s", sec.authorized_clients)
+        return self.curve.apply
 
     def _open_cameras(self) -> None:
         cfg = self.config
@@ -418,6 +431,8 @@ class Daemon:
             self.backend.close()
         if self.metrics is not None:
             self.metrics.close()
+        if self.curve is not None:
+            self.curve.stop()
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())

@@ -79,9 +79,12 @@ def encode_png(gray_or_bgr: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def _bind(socket: zmq.Socket, address: str, what: str) -> str:
-    """Bind, or close the socket and raise a one-line error naming the address."""
+def _bind(socket: zmq.Socket, address: str, what: str, secure=None) -> str:
+    """Bind, or close the socket and raise a one-line error naming the address. `secure`, if
+    given, configures the socket (CURVE) first: security options only apply before bind."""
     try:
+        if secure is not None:
+            secure(socket)
         socket.bind(address)
     except zmq.ZMQError as e:
         socket.close(0)
@@ -89,23 +92,24 @@ def _bind(socket: zmq.Socket, address: str, what: str) -> str:
                              "pathwatch may be running there, or choose another address in "
                              "the publisher section of the config") from None
     endpoint = socket.getsockopt(zmq.LAST_ENDPOINT).decode()
-    if address.startswith("tcp://") and not any(h in address for h in ("127.0.0.1", "localhost",
-                                                                        "[::1]")):
+    local = any(h in address for h in ("127.0.0.1", "localhost", "[::1]"))
+    if address.startswith("tcp://") and not local and secure is None:
         log.warning("%s %s is reachable from the network without encryption", what, endpoint)
     return endpoint
 
 
 class Publisher:
     """The PUB socket. Thread-safe: capture threads publish status while the frame loop
-    publishes alerts, and a ZeroMQ socket must not be used by two threads at once."""
+    publishes alerts, and a ZeroMQ socket must not be used by two threads at once.
+    `secure`: None, or a function that configures a server socket (edge.security)."""
 
     def __init__(self, bind: str = "tcp://127.0.0.1:5556", sndhwm: int = 100,
-                 context: zmq.Context | None = None):
+                 context: zmq.Context | None = None, secure=None):
         self.context = context or zmq.Context.instance()
         self.socket = self.context.socket(zmq.PUB)
         self.socket.setsockopt(zmq.SNDHWM, sndhwm)
         self.socket.setsockopt(zmq.LINGER, 0)  # close() never waits for a dead subscriber
-        self.endpoint = _bind(self.socket, bind, "publisher")
+        self.endpoint = _bind(self.socket, bind, "publisher", secure)
         self.sent = 0
         # Sends the socket refused (zmq.Again). A full queue of one subscriber is not counted
         # here: PUB drops for that subscriber alone without telling the sender; subscribers
@@ -140,7 +144,7 @@ class ReplayServer:
     """Serves the journal to subscribers that missed events (see the module docstring)."""
 
     def __init__(self, bind: str = "tcp://127.0.0.1:5557", journal_path=None,
-                 context: zmq.Context | None = None, max_limit: int = 1000,
+                 context: zmq.Context | None = None, secure=None, max_limit: int = 1000,
                  max_reply_bytes: int = 64 << 20):
         if journal_path is None:
             raise ValueError("ReplayServer needs journal_path, the file the daemon journals to")
@@ -150,7 +154,7 @@ class ReplayServer:
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         try:
-            self.endpoint = _bind(self.socket, bind, "replay endpoint")
+            self.endpoint = _bind(self.socket, bind, "replay endpoint", secure)
         except PublisherError:
             self.journal.close()
             raise
@@ -208,7 +212,8 @@ class ReplayServer:
         camera = req.get("camera")
         if camera is not None and not isinstance(camera, str):
             raise ValueError("'camera' must be a camera name")
-        limit = req.get("limit") or self.max_limit
+        limit = req.get("limit")
+        limit = self.max_limit if limit is None else limit
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError("'limit' must be a whole number >= 1")
         return since, camera, min(limit, self.max_limit)

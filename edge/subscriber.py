@@ -52,8 +52,11 @@ class AlertSubscriber:
     def __init__(self, pub_addr: str, replay_addr: str | None, topics=("alert.",),
                  since: int | dict | None = None, context: zmq.Context | None = None,
                  replay_timeout_s: float = 3.0, replay_retry_s: float = 10.0,
-                 rcvhwm: int = 10000):
+                 rcvhwm: int = 10000, secure=None):
+        """`secure`: None, or a function that configures a client socket for CURVE
+        (edge.security.client_options); it is applied to the SUB and every replay socket."""
         self.topics = tuple(topics)
+        self.secure = secure
         self.since = None if since is None else check_since(since)
         self.context = context or zmq.Context.instance()
         self.sub = self.context.socket(zmq.SUB)
@@ -62,6 +65,8 @@ class AlertSubscriber:
         for t in set(self.topics) | {"heartbeat"}:  # heartbeats reveal missed alerts
             self.sub.setsockopt(zmq.SUBSCRIBE, t.encode())
         try:
+            if secure is not None:
+                secure(self.sub)
             self.sub.connect(pub_addr)
         except zmq.ZMQError as e:
             self.sub.close(0)
@@ -97,6 +102,8 @@ class AlertSubscriber:
         sock = self.context.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
         try:
+            if self.secure is not None:
+                self.secure(sock)
             sock.connect(self.replay_addr)
             sock.send(json.dumps(request).encode())
             if not sock.poll(int(self.replay_timeout_s * 1000)):
@@ -283,12 +290,12 @@ def tail_line(m: Message) -> str:
 
 def tail_main(pub: str, replay: str | None, since: int | dict | None = None,
               topics=("alert.",), out=None, stop_after: int | None = None,
-              timeout_s: float | None = None) -> int:
+              timeout_s: float | None = None, secure=None) -> int:
     """`pathwatch tail`: print each event as one JSON line and flush. `stop_after`: exit after
     that many stream events (`missed` notices are printed but not counted); `timeout_s`: exit
     after that long without a message. Returns the exit status (0)."""
     out = out or sys.stdout
-    sub = AlertSubscriber(pub, replay, topics, since)
+    sub = AlertSubscriber(pub, replay, topics, since, secure=secure)
     n = 0
     try:
         if stop_after is not None and stop_after <= 0:

@@ -44,6 +44,7 @@ class Snapshot:
     endpoint: str = ""
     started: float = field(default_factory=time.monotonic)
     paused: bool = False
+    curve: bool = False
 
     def camera(self, name: str) -> CameraView:
         return self.cameras.setdefault(name, CameraView(name))
@@ -165,8 +166,12 @@ def render(snap: Snapshot, now: float | None = None):
     now = time.monotonic() if now is None else now
     if snap.last_heartbeat is None:
         waited = now - snap.started
+        keys = (" With CURVE, a key the daemon does not authorise gets nothing: check "
+                "--server-key/--client-key and the daemon's authorized_clients." if snap.curve else
+                " If the daemon uses CURVE, pass --server-key and --client-key.")
         head = Text(f"waiting for the daemon at {snap.endpoint} ({waited:.0f} s): is "
-                    "`pathwatch run` running, and are the addresses right?", style="bold yellow")
+                    f"`pathwatch run` running, and are the addresses right?{keys}",
+                    style="bold yellow")
     elif now - snap.last_heartbeat > SILENT_AFTER_S:
         head = Text(f"daemon silent for {now - snap.last_heartbeat:.0f} s (no heartbeat from "
                     f"{snap.endpoint}); showing the last known state", style="bold red")
@@ -177,13 +182,14 @@ def render(snap: Snapshot, now: float | None = None):
     return Group(head, *panels, alerts_table(snap.alerts))
 
 
-def run_view(pub: str, replay: str | None, refresh_hz: float = 4.0) -> int:
+def run_view(pub: str, replay: str | None, refresh_hz: float = 4.0, secure=None) -> int:
     from rich.live import Live
 
     from .subscriber import AlertSubscriber
 
-    snap = Snapshot(endpoint=pub)
-    sub = AlertSubscriber(pub, replay, topics=("alert.", "score.", "status.", "heartbeat"))
+    snap = Snapshot(endpoint=pub, curve=secure is not None)
+    sub = AlertSubscriber(pub, replay, topics=("alert.", "score.", "status.", "heartbeat"),
+                          secure=secure)
     try:
         with Live(render(snap), refresh_per_second=refresh_hz, screen=False) as live:
             last = 0.0

@@ -1,0 +1,91 @@
+"""CURVE encryption and client authentication for the publisher and the replay endpoint.
+
+Keys are ZeroMQ certificate files (text, one public `NAME.key` and one secret
+`NAME.key_secret` per party, written by `pathwatch keys generate`). The daemon holds the server
+secret and a directory of authorised client public keys; a client holds the server's public key
+and its own secret. A client that is not authorised completes no handshake: it receives nothing
+and cannot replay. Secret files readable by group or others are refused.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+
+class SecurityError(ValueError):
+    """A key or key directory that cannot be used; says which and how to fix it."""
+
+
+def generate_keys(directory: str | Path, name: str) -> tuple[Path, Path]:
+    directory = Path(directory).expanduser()
+    directory.mkdir(parents=True, exist_ok=True)
+    public, secret = zmq.auth.create_certificates(str(directory), name)
+    os.chmod(secret, 0o600)
+    os.chmod(public, 0o644)
+    return Path(public), Path(secret)
+
+
+def load_secret(path: str | Path) -> tuple[bytes, bytes]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise SecurityError(f"key file {path} does not exist; create one with `pathwatch keys "
+                            "generate DIR --name NAME`")
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise SecurityError(f"secret key {path} is readable by others (mode {mode:04o}); "
+                            f"run: chmod 600 {path}")
+    try:
+        public, secret = zmq.auth.load_certificate(str(path))
+    except (ValueError, OSError) as e:
+        raise SecurityError(f"{path} is not a ZeroMQ certificate ({e})") from None
+    if not secret:
+        raise SecurityError(f"{path} holds no secret key; use the .key_secret file")
+    return public, secret
+
+
+def load_public(path: str | Path) -> bytes:
+    path = Path(path).expanduser()
+    try:
+        public, _ = zmq.auth.load_certificate(str(path))
+    except (ValueError, OSError) as e:
+        raise SecurityError(f"public key {path} cannot be read ({e}); copy the server's .key file") from None
+    return public
+
+
+class CurveServer:
+    """Runs ZeroMQ's authenticator for a context and configures server sockets."""
+
+    def __init__(self, context: zmq.Context, server_secret: str | Path, authorized_dir: str | Path):
+        self.public, self.secret = load_secret(server_secret)
+        authorized = Path(authorized_dir).expanduser()
+        if not authorized.is_dir() or not any(authorized.glob("*.key")):
+            raise SecurityError(f"{authorized} holds no client public keys (*.key); copy each "
+                                "client's .key file there")
+        self.auth = ThreadAuthenticator(context)
+        self.auth.start()
+        self.auth.configure_curve(domain="*", location=str(authorized))
+
+    def apply(self, socket: zmq.Socket) -> None:
+        socket.curve_secretkey = self.secret
+        socket.curve_publickey = self.public
+        socket.curve_server = True
+
+    def stop(self) -> None:
+        self.auth.stop()
+
+
+def client_options(server_public: str | Path, client_secret: str | Path):
+    """A function that makes a client socket speak CURVE to this server."""
+    server_key = load_public(server_public)
+    public, secret = load_secret(client_secret)
+
+    def apply(socket: zmq.Socket) -> None:
+        socket.curve_serverkey = server_key
+        socket.curve_publickey = public
+        socket.curve_secretkey = secret
+    return apply
