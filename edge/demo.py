@@ -13,6 +13,7 @@ view shifts and tilts until it is put back). Script `normal`: no anomalies ever.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -23,6 +24,7 @@ import numpy as np
 KINDS = ("object", "cover", "defocus", "knock")
 SCRIPTS = ("default", "normal")
 FIRST_S, GAP_S, DURATION_S = 60.0, 40.0, 8.0
+DEFAULT_SCRIPT_TIMES = (FIRST_S, GAP_S, DURATION_S)  # first anomaly, normal gap, anomaly length
 CYCLE_S = DURATION_S + GAP_S
 
 # The scene is composed once at this canvas size, then resized to the requested view. The view
@@ -32,8 +34,8 @@ CANVAS_W, CANVAS_H = 800, 600
 MARGIN = 0.125  # of the view's width/height, on each side
 
 NOISE_SIGMA = 3.0  # sensor noise, grey levels
-NOISE_FIELDS, NOISE_PAD = 4, 16  # a seeded bank cropped at random offsets: cheap per-frame noise
-JITTER_PX = 0.3  # per-frame wobble of the mount, standard deviation (clipped to 1 px)
+NOISE_FIELDS, NOISE_PAD = 3, 16  # a seeded bank cropped at random offsets: cheap per-frame noise
+JITTER_PX = 0.2  # per-frame wobble of the mount, standard deviation (clipped to 1 px)
 KNOCK_DEG, KNOCK_SHIFT = 4.0, (0.07, 0.045)  # tilt, and shift as a fraction of width/height
 DEFOCUS_SIGMA = 4.0  # at 320 px wide; scales with the view
 
@@ -53,9 +55,9 @@ def check_options(width: int = 320, height: int = 240, fps: float = 10.0, seed: 
     """Raise ValueError naming the bad demo option and what would work."""
     if script not in SCRIPTS:
         raise ValueError(f"demo script {script!r} is unknown; use default or normal")
-    if not (64 <= width <= 4096 and 48 <= height <= 4096):
-        raise ValueError(f"demo size {width}x{height} is out of range; use width 64..4096 and "
-                         "height 48..4096")
+    if not (64 <= width <= 1920 and 48 <= height <= 1080):
+        raise ValueError(f"demo size {width}x{height} is out of range; use width 64..1920 and "
+                         "height 48..1080")
     if not (math.isfinite(fps) and 0.0 < fps <= 240.0):
         raise ValueError(f"demo fps {fps} is out of range; use a value in (0, 240]")
     if seed < 0:
@@ -153,18 +155,21 @@ def _intruder(height: int) -> tuple[np.ndarray, np.ndarray]:
 
 @lru_cache(maxsize=4)
 def _hand(width: int, height: int) -> np.ndarray:
-    """The blur mask of a hand over the lens, fully in place (1 = covered), float32 H x W."""
+    """The blur mask of a hand over the lens, fully in place (1 = covered), float32 H x W.
+    About 85% of the view is covered; light still leaks in at the left edge."""
     mask = np.zeros((height, width), np.float32)
-    cv2.ellipse(mask, (int(width * 0.5), height // 2), (int(width * 0.6), int(height * 0.8)),
+    cv2.ellipse(mask, (int(width * 0.65), height // 2), (int(width * 0.6), int(height * 0.8)),
                 20, 0, 360, 1.0, -1)
     return cv2.GaussianBlur(mask, (0, 0), width / 21)
 
 
 @lru_cache(maxsize=4)
 def _noise_bank(width: int, height: int, seed: int) -> np.ndarray:
+    """Gaussian sensor noise, rounded to grey levels (int8 keeps a 1080p bank near 20 MB)."""
     rng = np.random.default_rng((seed, 0x5EED, width, height))
     shape = (NOISE_FIELDS, height + NOISE_PAD, width + NOISE_PAD, 3)
-    return rng.standard_normal(shape, dtype=np.float32) * NOISE_SIGMA
+    noise = rng.standard_normal(shape, dtype=np.float32) * NOISE_SIGMA
+    return np.clip(np.rint(noise), -127, 127).astype(np.int8)
 
 
 # ---------------------------------------------------------------------- frames
@@ -249,7 +254,7 @@ class DemoScene:
     def _gain(self, t: float) -> float:
         """Exposure drift: a few percent over minutes, plus a faint faster flicker."""
         p0, p1 = self._drift_phase
-        return 1.0 + 0.04 * math.sin(2 * math.pi * t / 180.0 + p0) + 0.01 * math.sin(2 * math.pi * t / 23.0 + p1)
+        return 1.0 + 0.03 * math.sin(2 * math.pi * t / 180.0 + p0) + 0.01 * math.sin(2 * math.pi * t / 23.0 + p1)
 
     def _noise(self, rng: np.random.Generator) -> np.ndarray:
         k = int(rng.integers(NOISE_FIELDS))
@@ -277,8 +282,8 @@ class DemoScene:
         reach = min(1.0, into / 1.0)
         shift = np.float32([[1, 0, self.width * 0.75 * (1.0 - reach)], [0, 1, 0]])
         mask = cv2.warpAffine(_hand(self.width, self.height), shift, (self.width, self.height))
-        mask = (0.92 * mask)[..., None]
-        skin = np.float32([40, 55, 75])  # BGR, a dark, out-of-focus hand
+        mask = (0.95 * mask)[..., None]
+        skin = np.float32([22, 30, 42])  # BGR: a hand on the lens is dark and out of focus
         return (img * (1 - mask) + skin * mask).astype(np.uint8)
 
 
@@ -290,8 +295,10 @@ class DemoCapture:
     scene time stays wall time since opening. realtime=False returns frames as fast as asked.
     """
 
-    def __init__(self, scene: DemoScene, realtime: bool = True):
+    def __init__(self, scene: DemoScene, realtime: bool = True,
+                 interrupt: threading.Event | None = None):
         self.scene, self.realtime = scene, realtime
+        self.interrupt = interrupt  # set = give up a pacing wait (the reader is stopping)
         self.index = 0  # the next frame to return
         self.start = time.monotonic()
         self.labels: tuple[str, ...] = ()  # of the frame last returned
@@ -307,7 +314,9 @@ class DemoCapture:
             elapsed = time.monotonic() - self.start
             self.index = max(self.index, math.floor(elapsed * self.scene.fps))
             wait = self.index / self.scene.fps - elapsed
-            if wait > 0:
+            if self.interrupt is not None and self.interrupt.wait(max(wait, 0.0)):
+                return False, None
+            if self.interrupt is None and wait > 0:
                 time.sleep(wait)
         image, self.labels = self.scene.frame(self.index)
         self.index += 1
