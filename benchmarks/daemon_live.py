@@ -39,18 +39,20 @@ cameras:
   - name: demo
     source: demo
 """)
+    # Subscribe first: the demo's clock starts at the camera's `connecting` status.
+    sub = AlertSubscriber(f"ipc://{tmp}/pub.sock", f"ipc://{tmp}/replay.sock",
+                          topics=("alert.", "status.", "heartbeat"))
     proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ})
-    sub = AlertSubscriber(f"ipc://{tmp}/pub.sock", f"ipc://{tmp}/replay.sock",
-                          topics=("alert.", "status.", "heartbeat"))
     scene_start, beats, starts = None, [], []
     t_end = time.monotonic() + a.seconds
     try:
         while time.monotonic() < t_end:
             for m in sub.events(timeout_s=1.0):
                 now = time.time()
-                if m.topic.startswith("status.") and m.header["state"] == "connecting" and scene_start is None:
+                if m.topic.startswith("status.") and m.header["state"] in ("connecting", "online") \
+                        and scene_start is None:
                     scene_start = now  # the demo scene's clock starts when the capture opens
                 elif m.topic == "heartbeat":
                     cam = m.header.get("cameras", {}).get("demo")
