@@ -43,7 +43,7 @@ cameras:
     sub = AlertSubscriber(f"ipc://{tmp}/pub.sock", f"ipc://{tmp}/replay.sock",
                           topics=("alert.", "status.", "heartbeat"))
     proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
                             env={**os.environ})
     scene_start, beats, starts = None, [], []
     t_end = time.monotonic() + a.seconds
