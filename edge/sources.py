@@ -60,7 +60,12 @@ class SourceSpec:
 
     def describe(self) -> str:
         """For logs and status messages: URL passwords are masked."""
-        return _mask(str(self.target)) if self.kind == "url" else f"{self.kind} {self.target}"
+        if self.kind == "url":
+            return _mask(str(self.target))
+        if self.kind == "demo":
+            opts = ",".join(f"{k}={v}" for k, v in self.options.items())
+            return f"demo camera{' ' + opts if opts else ''}"
+        return f"{self.kind} {self.target}"
 
 
 def _mask(text: str) -> str:

@@ -110,7 +110,8 @@ def sparkline(history, threshold: float | None, now: float, seconds: float = 60.
 
 
 def tile_grid(cam: CameraView) -> Text:
-    """Tile scores as coloured cells: green below half the threshold, yellow below it, red over."""
+    """Tile scores as coloured cells: green below half the threshold, yellow below it, red over
+    (ignored tiles dotted)."""
     cols, rows = cam.grid
     text = Text()
     if not cols or not cam.tiles:
@@ -119,9 +120,9 @@ def tile_grid(cam: CameraView) -> Text:
     for r in range(rows):
         for c in range(cols):
             s = cam.tiles[r * cols + c]
-            style = ("dim" if s is None else "on red" if s > thr else
-                     "on yellow" if s > thr / 2 else "on green")
-            text.append("  ", style=style)
+            style = ("dim" if s is None else "red" if s > thr else
+                     "yellow" if s > thr / 2 else "green")
+            text.append("░░" if s is None else "██", style=style)
         text.append("\n")
     return text
 

@@ -18,7 +18,11 @@ def text_of(renderable) -> str:
 
 def test_waiting_then_silent_then_live():
     snap = Snapshot(endpoint="tcp://127.0.0.1:5556", started=0.0)
-    assert "waiting for the daemon at tcp://127.0.0.1:5556" in text_of(render(snap, now=5.0))
+    waiting = text_of(render(snap, now=5.0))
+    assert "waiting for the daemon at tcp://127.0.0.1:5556" in waiting
+    assert "If the daemon uses CURVE, pass --server-key and --client-key" in waiting
+    keyed = text_of(render(Snapshot(endpoint="x", started=0.0, curve=True), now=5.0))
+    assert "a key the daemon does not authorise gets nothing" in keyed
     snap.apply("heartbeat", {"cameras": {"gate": {"state": "online", "camera_fps": 10.0,
                                                   "process_fps": 5.0, "skipped": 7,
                                                   "latency_p50_ms": 80.0, "latency_p99_ms": 140.0,
