@@ -45,6 +45,8 @@ def collect(sub, until, timeout):
     got, deadline = [], time.monotonic() + timeout
     while time.monotonic() < deadline:
         for m in sub.events(timeout_s=0.5):
+            if m.header.get("kind") == "missed":
+                continue  # the replay endpoint was not up yet when the subscriber started
             got.append(m)
             if until(got):
                 return got
@@ -77,7 +79,9 @@ def test_object_entering_a_video_raises_one_alert_with_consecutive_seq(tmp_path,
         assert [m.header["seq"] for m in events] == list(range(1, len(events) + 1))
         assert len({m.header["alert_id"] for m in events}) == 1
         start = events[0].header
-        assert a0 <= start["frame_index"] <= a1 + 5, start  # raised by the object, not before
+        # Raised by the object, not before; on a loaded machine calibration may outlast the
+        # first pass of the (looping) video, so the object's next pass counts too.
+        assert a0 <= start["frame_index"] % (CALIB + NORMAL + ANOMALY + TAIL) <= a1 + 5, start
         assert start["attachments"] == ["snapshot.jpg", "heatmap.png"]
         assert events[0].attachments[0][:2] == b"\xff\xd8" and events[0].attachments[1][:4] == b"\x89PNG"
         assert start["score"] > start["threshold"] and start["latency_ms"] >= 0
