@@ -187,9 +187,6 @@ class Daemon:
         if self.bus is not None:
             self.bus.status(name, state, detail)
 
-    def _status(self, name: str, state: str, detail: str = "") -> None:
-        self._on_source_status(name, state, detail)
-
     # ------------------------------------------------------------------ calibration
     def _load_calibration(self, cam: CameraRuntime) -> None:
         cam.calibration, cam.collecting, cam.refused = None, None, None
@@ -212,7 +209,7 @@ class Daemon:
 
     def _begin_collecting(self, cam: CameraRuntime, reason: str) -> None:
         cam.calibration, cam.collecting, cam.collect_started = None, [], time.time()
-        self._status(cam.name, "calibrating", f"{reason}; collecting {self.calibration_frames} "
+        self._on_source_status(cam.name, "calibrating", f"{reason}; collecting {self.calibration_frames} "
                      "normal frames")
 
     def _finish_calibration(self, cam: CameraRuntime) -> None:
@@ -228,7 +225,7 @@ class Daemon:
                               seconds=time.time() - cam.collect_started)
         cal.save(cam.calibration_path)
         cam.calibration, cam.collecting = cal, None
-        self._status(cam.name, "online", f"calibrated on {len(features)} frames, threshold "
+        self._on_source_status(cam.name, "online", f"calibrated on {len(features)} frames, threshold "
                      f"{cal.threshold:.2f} ({cal.data['threshold']['method']}); "
                      f"saved {cam.calibration_path}")
 
@@ -251,7 +248,7 @@ class Daemon:
                     log.error("camera %s refused: %s", cam.name, e)
                     return False
             else:
-                self._status(cam.name, "online", f"calibration {cam.calibration_path}, threshold "
+                self._on_source_status(cam.name, "online", f"calibration {cam.calibration_path}, threshold "
                              f"{cam.threshold:.2f}")
         return True
 

@@ -7,12 +7,13 @@ improved-diffusion's flag names (DiffPath's configs/*.yaml work as they are).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from edge.bundle import sha256_of
 
 from .unet import ModelConfig, UNetModel
 
@@ -27,12 +28,7 @@ class LoadedModel:
     path: Path
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+file_sha256 = sha256_of  # one definition of a weights file's identity, shared with bundles
 
 
 def save_checkpoint(model: UNetModel, path: str | Path, extra_meta: dict | None = None) -> str:
