@@ -101,9 +101,10 @@ def path_for(spec: FeatureSpec, eps_fn: EpsFn, x0: torch.Tensor, sched: ReducedS
 
 
 def features_from_path(spec: FeatureSpec, x0: torch.Tensor, path: Path,
-                       acc_dtype: torch.dtype = torch.float64
+                       acc_dtype: torch.dtype = torch.float64, w: torch.Tensor | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features (B, D), heatmap (B, H, W)) of one path."""
+    """(features (B, D), heatmap (B, H, W)) of one path. `w`: the path's SSIM dissimilarity
+    at spec.ssim_sigma when the caller already has it (several specs share one path)."""
     eps = path.eps
     if spec.variant in ("diffpath6d", "diffpath1d"):
         heat = (eps * eps).sum(0).mean(1)
@@ -111,7 +112,8 @@ def features_from_path(spec: FeatureSpec, x0: torch.Tensor, path: Path,
         if spec.variant == "diffpath1d":  # DiffPath-1D: sqrt of sum (d eps/dt)^2
             feats = feats[:, 4:5].sqrt()
         return feats, heat
-    w = ssim_dissimilarity(x0, path.x0_hat, spec.ssim_sigma)
+    if w is None:
+        w = ssim_dissimilarity(x0, path.x0_hat, spec.ssim_sigma)
     gain = (1 + spec.lam * w).unsqueeze(2)  # (K, B, 1, H, W)
     if spec.variant == "6d+ssim":
         feats = torch.cat([power_sums(eps, acc_dtype), _ssim_path_stats(w, acc_dtype)], dim=1)

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from edge.datasets import to_model_input
 
-from .features import FeatureSpec, features_from_path, path_for
+from .features import FeatureSpec, features_from_path, path_for, ssim_dissimilarity
 from .paths import eps_fn_for
 from .schedule import ReducedSchedule
 from .unet import UNetModel
@@ -52,12 +52,19 @@ def features_for_specs(model: UNetModel, sched: ReducedSchedule, specs: list[Fea
     """Several feature variants of one batch, running each distinct path only once."""
     cfg, eps_fn = model.config, eps_fn_for(model)
     paths: dict[tuple, object] = {}
+    ssim: dict[tuple, torch.Tensor] = {}
     out = []
     for spec in specs:
         key = (spec.trajectory, spec.noise_seed if spec.trajectory == "forward" else None)
         if key not in paths:
             paths[key] = path_for(spec, eps_fn, x0, sched, cfg.clip_denoised, cfg.rescale_timesteps)
-        out.append(features_from_path(spec, x0, paths[key]))
+        w = None
+        if spec.variant not in ("diffpath6d", "diffpath1d"):
+            wkey = (*key, spec.ssim_sigma)
+            if wkey not in ssim:
+                ssim[wkey] = ssim_dissimilarity(x0, paths[key].x0_hat, spec.ssim_sigma)
+            w = ssim[wkey]
+        out.append(features_from_path(spec, x0, paths[key], w=w))
     return out
 
 

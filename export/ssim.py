@@ -5,8 +5,9 @@ Wang et al.'s constants K1 = 0.01 and K2 = 0.03.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
-import torch.nn.functional as F
 
 
 def gaussian_taps(sigma: float = 1.5, truncate: float = 3.5) -> torch.Tensor:
@@ -14,7 +15,7 @@ def gaussian_taps(sigma: float = 1.5, truncate: float = 3.5) -> torch.Tensor:
     radius = int(truncate * sigma + 0.5)
     x = torch.arange(-radius, radius + 1, dtype=torch.float64)
     w = torch.exp(-0.5 * (x / sigma) ** 2)
-    return (w / w.sum()).float()
+    return w / w.sum()  # float64; callers cast
 
 
 def _symmetric_index(n: int, pad: int) -> torch.Tensor:
@@ -24,17 +25,25 @@ def _symmetric_index(n: int, pad: int) -> torch.Tensor:
     return torch.tensor([min(max(i, 0), n - 1) for i in idx])
 
 
-def _blur(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian filter of (N, C, H, W) with symmetric borders, per channel.
+@lru_cache(maxsize=16)
+def _blur_matrix(n: int, sigma: float, truncate: float) -> torch.Tensor:
+    """(n, n) matrix M such that M @ v is v filtered with the Gaussian taps, symmetric borders
+    folded in. A 32x32 matrix product is several times faster on a CPU than a one-channel
+    11-tap convolution, and exports as a plain MatMul with a constant."""
+    taps = gaussian_taps(sigma, truncate)
+    idx = _symmetric_index(n, taps.numel() // 2).tolist()
+    m = torch.zeros(n, n, dtype=torch.float64)
+    for i in range(n):
+        for t, w in enumerate(taps.tolist()):
+            m[i, idx[i + t]] += w
+    return m
 
-    Channels are folded into the batch so the kernel has a fixed shape (exportable)."""
-    n, c, h, w = x.shape
-    pad = taps.numel() // 2
-    x = x[:, :, _symmetric_index(h, pad)][:, :, :, _symmetric_index(w, pad)]
-    x = x.reshape(n * c, 1, h + 2 * pad, w + 2 * pad)
-    k = taps.to(x.device, x.dtype)
-    x = F.conv2d(F.conv2d(x, k.view(1, 1, -1, 1)), k.view(1, 1, 1, -1))
-    return x.reshape(n, c, h, w)
+
+def _blur(x: torch.Tensor, sigma: float, truncate: float) -> torch.Tensor:
+    """Separable Gaussian filter of (N, C, H, W) with symmetric borders, per channel."""
+    mh = _blur_matrix(x.shape[-2], sigma, truncate).to(x.device, x.dtype)
+    mw = _blur_matrix(x.shape[-1], sigma, truncate).to(x.device, x.dtype)
+    return torch.matmul(torch.matmul(mh, x), mw.T)
 
 
 def ssim_map(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0, sigma: float = 1.5,
@@ -43,12 +52,11 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0, sigma: f
 
     data_range 2.0 suits images in [-1, 1].
     """
-    taps = gaussian_taps(sigma, truncate)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mu_a, mu_b = _blur(a, taps), _blur(b, taps)
-    var_a = _blur(a * a, taps) - mu_a * mu_a
-    var_b = _blur(b * b, taps) - mu_b * mu_b
-    cov = _blur(a * b, taps) - mu_a * mu_b
+    mu_a, mu_b = _blur(a, sigma, truncate), _blur(b, sigma, truncate)
+    var_a = _blur(a * a, sigma, truncate) - mu_a * mu_a
+    var_b = _blur(b * b, sigma, truncate) - mu_b * mu_b
+    cov = _blur(a * b, sigma, truncate) - mu_a * mu_b
     num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
     den = (mu_a * mu_a + mu_b * mu_b + c1) * (var_a + var_b + c2)
     return num / den
