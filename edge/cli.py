@@ -113,7 +113,10 @@ def add_eval(sub) -> None:
     p.add_argument("--variant", action="append", default=None,
                    help="feature variant, repeatable: diffpath6d, diffpath1d, 6d+ssim, "
                    "amplified-eps, error/inversion, error/forward, or 'all' (default diffpath6d)")
-    p.add_argument("--k", type=int, default=10, help="DDIM steps (ddimK striding)")
+    p.add_argument("--k", type=int, default=10, help="number of DDIM steps")
+    p.add_argument("--placement", choices=["uniform", "quadratic"], default="uniform",
+                   help="where the K steps go: uniform (ddimK striding) or quadratic "
+                   "(t_i = T (i/K)^2, nearer the clean image)")
     p.add_argument("--timesteps", help="explicit comma-separated timestep list instead of --k")
     p.add_argument("--lam", type=float, default=1.0, help="SSIM amplification lambda")
     p.add_argument("--ssim-sigma", type=float, default=1.5, help="SSIM Gaussian window sigma")
@@ -146,13 +149,13 @@ def parse_variants(names: list[str] | None, lam: float, sigma: float):
     return specs
 
 
-def schedule_for(cfg, k: int, timesteps: str | None):
+def schedule_for(cfg, k: int, timesteps: str | None, placement: str = "uniform"):
     from export.schedule import ReducedSchedule
 
     if timesteps:
         ts = tuple(int(t) for t in timesteps.split(","))
         return ReducedSchedule(cfg.noise_schedule, cfg.diffusion_steps, ts)
-    return ReducedSchedule.ddim(cfg.noise_schedule, cfg.diffusion_steps, k)
+    return ReducedSchedule.placed(cfg.noise_schedule, cfg.diffusion_steps, k, placement)
 
 
 def _torch_extractor(a):
@@ -161,7 +164,7 @@ def _torch_extractor(a):
 
     _check_device(a.device)
     loaded = load_checkpoint(a.checkpoint, a.config, a.device)
-    sched = schedule_for(loaded.config, a.k, a.timesteps)
+    sched = schedule_for(loaded.config, a.k, a.timesteps, a.placement)
     specs = parse_variants(a.variant, a.lam, a.ssim_sigma)
     meta = {"checkpoint": str(loaded.path), "weights_sha256": loaded.weights_sha256,
             "schedule": sched.to_dict()}
@@ -173,8 +176,8 @@ def _bundle_extractor(a):
     from .bundle import Bundle
     from .evaluation import BundleExtractor
 
-    if a.variant or a.timesteps:
-        raise UsageError("--variant and --timesteps come from the bundle; export another "
+    if a.variant or a.timesteps or a.placement != "uniform":
+        raise UsageError("--variant, --placement and --timesteps come from the bundle; export another "
                          "bundle to change them")
     bundle = Bundle.load(a.bundle)
     backend = load_backend(bundle, a.backend, max_batch=a.batch_size,
@@ -212,12 +215,18 @@ def add_export(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="run directory, .safetensors or .pt")
     p.add_argument("--config", help="model config for a foreign .pt")
     p.add_argument("--out", required=True, help="bundle directory to write")
-    p.add_argument("--variant", default="6d+ssim", help="diffpath6d, diffpath1d, 6d+ssim, "
-                   "amplified-eps, error/inversion or error/forward")
-    p.add_argument("--k", type=int, default=3, help="DDIM steps (ddimK striding)")
+    from .models import default_settings
+
+    d = default_settings()  # the defaults docs/accuracy.md chose, shared with the default model
+    p.add_argument("--variant", default=d["variant"], help="diffpath6d, diffpath1d, 6d+ssim, "
+                   f"amplified-eps, error/inversion or error/forward (default {d['variant']})")
+    p.add_argument("--k", type=int, default=d["k"], help=f"number of DDIM steps (default {d['k']})")
+    p.add_argument("--placement", choices=["uniform", "quadratic"], default=d["placement"],
+                   help="where the K steps go: uniform (ddimK striding) or quadratic "
+                   f"(t_i = T (i/K)^2); default {d['placement']}, see docs/accuracy.md")
     p.add_argument("--timesteps", help="explicit comma-separated timestep list instead of --k")
-    p.add_argument("--lam", type=float, default=1.0, help="SSIM amplification lambda")
-    p.add_argument("--ssim-sigma", type=float, default=1.5)
+    p.add_argument("--lam", type=float, default=d["lam"], help="SSIM amplification lambda")
+    p.add_argument("--ssim-sigma", type=float, default=d["ssim_sigma"])
     p.add_argument("--parity-data", action="append", help="image set(s) for the parity gate "
                    "(repeatable; default photos:test and digits; folder:PATH for your own)")
     p.add_argument("--parity-n", type=int, default=128, help="images in the parity gate")
@@ -235,12 +244,11 @@ def cmd_export(a) -> int:
 
     if a.k < 1:
         raise UsageError(f"--k {a.k}: need at least one step")
-    loaded_cfg = None
-    if a.timesteps:
-        from export.checkpoint import load_checkpoint
-        loaded_cfg = load_checkpoint(a.checkpoint, a.config).config
+    from export.checkpoint import load_checkpoint
+
+    loaded_cfg = load_checkpoint(a.checkpoint, a.config).config
     spec = parse_variants([a.variant], a.lam, a.ssim_sigma)[0]
-    sched = schedule_for(loaded_cfg, a.k, a.timesteps) if a.timesteps else None
+    sched = schedule_for(loaded_cfg, a.k, a.timesteps, a.placement)
     log = lambda m: console.print(m, highlight=False)  # noqa: E731
     try:
         result = export_bundle(a.checkpoint, a.out, spec, sched, a.k, a.config,

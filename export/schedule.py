@@ -36,6 +36,25 @@ def ddim_timesteps(steps: int, k: int) -> list[int]:
                      "give an explicit timestep list instead")
 
 
+PLACEMENTS = ("uniform", "quadratic")
+
+
+def placed_timesteps(steps: int, k: int, placement: str = "uniform") -> list[int]:
+    """K timesteps of a T-step schedule. uniform: the ddimK striding; quadratic:
+    t_i = floor(T (i/K)^2), denser near the clean image (docs/accuracy.md measures both)."""
+    if placement == "uniform":
+        return ddim_timesteps(steps, k)
+    if placement != "quadratic":
+        raise ValueError(f"timestep placement {placement!r}: use one of {', '.join(PLACEMENTS)}")
+    if not 1 <= k <= steps:
+        raise ValueError(f"K={k}: must be between 1 and the {steps} training steps")
+    ts = sorted({steps * i * i // (k * k) for i in range(k)})  # exact integer floor
+    if len(ts) != k:
+        raise ValueError(f"K={k}: quadratic placement puts two steps on one timestep; "
+                         "use fewer steps or uniform placement")
+    return ts
+
+
 @dataclass(frozen=True)
 class ReducedSchedule:
     """K timesteps tau_0 < ... < tau_{K-1} of a T-step schedule, with the tables a path needs.
@@ -57,6 +76,10 @@ class ReducedSchedule:
     @classmethod
     def ddim(cls, kind: str, steps: int, k: int) -> "ReducedSchedule":
         return cls(kind, steps, tuple(ddim_timesteps(steps, k)))
+
+    @classmethod
+    def placed(cls, kind: str, steps: int, k: int, placement: str = "uniform") -> "ReducedSchedule":
+        return cls(kind, steps, tuple(placed_timesteps(steps, k, placement)))
 
     @property
     def k(self) -> int:

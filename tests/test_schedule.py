@@ -35,3 +35,16 @@ def test_reduced_schedule_tables():
     assert s.model_timesteps().tolist() == [t / 4 for t in range(0, 4000, 400)]
     with pytest.raises(ValueError, match="strictly increasing"):
         ReducedSchedule("cosine", 1000, (5, 3))
+
+
+def test_placements():
+    from export.schedule import placed_timesteps
+
+    assert placed_timesteps(1000, 3, "uniform") == [0, 334, 668]
+    assert placed_timesteps(1000, 3, "quadratic") == [0, 111, 444]
+    assert placed_timesteps(1000, 10, "quadratic") == [0, 10, 40, 90, 160, 250, 360, 490, 640, 810]
+    assert ReducedSchedule.placed("cosine", 1000, 3, "quadratic").timesteps == (0, 111, 444)
+    with pytest.raises(ValueError, match="two steps on one timestep"):
+        placed_timesteps(1000, 40, "quadratic")
+    with pytest.raises(ValueError, match="placement 'log'"):
+        placed_timesteps(1000, 3, "log")

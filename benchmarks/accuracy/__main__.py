@@ -66,7 +66,7 @@ def cmd_run(args) -> int:
             feats[(name, *key)] = f
             labels_by_sched.setdefault(key[1], []).append(key[2])
         if name == DEMO["model"] and not args.no_demo:
-            demo_scheds = [Schedule(k) for k in (3, 10)]
+            demo_scheds = [Schedule(3), Schedule(3, "quadratic"), Schedule(10)]
             for key, f in extract.demo_features(loaded, demo_scheds, scale.demo_stride, cache,
                                                 _log).items():
                 feats[("demo", *key)] = f
@@ -80,9 +80,9 @@ def cmd_run(args) -> int:
     results = score.run_jobs(jobs, feats, labels, args.workers)
     demo = []
     if not args.no_demo:
-        demo_jobs = [score.Job("demo", "demo camera", Schedule(k).name, v, "gmm-bic", seed,
-                               keep_scores=(seed == scale.seeds[0] and k == 3))
-                     for k in (3, 10) for v in sorted({key[3] for key in feats if key[0] == "demo"})
+        demo_jobs = [score.Job("demo", "demo camera", sched, v, "gmm-bic", seed,
+                               keep_scores=(seed == scale.seeds[0] and sched == Schedule(3).name))
+                     for sched, v in sorted({key[2:] for key in feats if key[0] == "demo"})
                      for seed in scale.seeds]
         demo = score.run_jobs(demo_jobs, feats, labels, args.workers, fn=score.demo_job)
     out = {"meta": {"models": meta_models, "sets": {k: vars(v) for k, v in SETS.items()},

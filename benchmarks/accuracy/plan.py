@@ -110,18 +110,9 @@ MAIN_VARIANTS = ("diffpath6d", "diffpath1d", "6d+ssim l=1 s=1.5", "amplified-eps
 
 def placement_timesteps(placement: str, k: int, steps: int = 1000) -> tuple[int, ...]:
     """uniform: the ddimK striding; quadratic: t_i = T (i/K)^2, denser near the clean image."""
-    if placement == "uniform":
-        from export.schedule import ddim_timesteps
-        return tuple(ddim_timesteps(steps, k))
-    if placement == "quadratic":
-        ts = sorted({int(steps * (i / k) ** 2) for i in range(k)})
-        if len(ts) != k:
-            raise ValueError(f"quadratic placement of K={k} collides; use uniform")
-        return tuple(ts)
-    raise ValueError(f"placement {placement!r}: use uniform or quadratic")
+    from export.schedule import placed_timesteps
 
-
-PLACEMENTS = ("uniform", "quadratic")
+    return tuple(placed_timesteps(steps, k, placement))
 
 
 @dataclass(frozen=True)

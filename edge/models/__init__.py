@@ -30,7 +30,8 @@ def default_bundle(cache_dir: str | Path, say: Callable[[str], None] = print) ->
     if not weights.is_file():
         raise BundleError(f"the default model {weights} is missing from this installation; "
                           "reinstall pathwatch or set model.bundle to an exported bundle")
-    name = f"default-{s['sha256'][:12]}-{s['variant'].replace('/', '-')}-k{s['k']}"
+    ts = "-".join(str(t) for t in s["timesteps"])
+    name = f"default-{s['sha256'][:12]}-{s['variant'].replace('/', '-')}-t{ts}"
     target = Path(cache_dir).expanduser() / "bundles" / name
     if (target / "manifest.json").is_file():
         try:
@@ -42,7 +43,9 @@ def default_bundle(cache_dir: str | Path, say: Callable[[str], None] = print) ->
         raise BundleError(f"{weights} does not match its recorded sha256; reinstall pathwatch")
     try:
         from export.bundle_export import export_bundle
+        from export.checkpoint import load_checkpoint
         from export.features import FeatureSpec
+        from export.schedule import ReducedSchedule
     except ImportError as e:
         raise BundleError(f"exporting the default bundle needs {e.name} once; pip install "
                           "'pathwatch[export]', or export a bundle elsewhere and set "
@@ -50,4 +53,6 @@ def default_bundle(cache_dir: str | Path, say: Callable[[str], None] = print) ->
     say(f"exporting the default model to {target} (first run only)")
     variant, _, trajectory = s["variant"].partition("/")
     spec = FeatureSpec(variant, trajectory or "inversion", s.get("lam", 1.0), s.get("ssim_sigma", 1.5))
-    return export_bundle(weights, target, spec, k=s["k"], parity_n=64, log=say).bundle
+    cfg = load_checkpoint(weights).config
+    sched = ReducedSchedule(cfg.noise_schedule, cfg.diffusion_steps, tuple(s["timesteps"]))
+    return export_bundle(weights, target, spec, sched, parity_n=64, log=say).bundle
