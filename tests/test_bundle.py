@@ -26,7 +26,7 @@ def test_export_writes_a_complete_bundle(bundle_dir):
     b = Bundle.load(bundle_dir)
     m = b.manifest
     assert m["graph"]["opset"] >= 17 and m["input"]["dtype"] == "uint8"
-    assert b.timesteps == [0, 334, 668] and b.image_size == (16, 16)
+    assert b.timesteps == [0, 111, 444] and b.image_size == (16, 16)  # the default placement
     assert b.feature_names[-3:] == ["ssim_sum", "ssim_sum_sq", "dssim_dt"]
     for f in ("pipeline.onnx", "weights.safetensors", "parity.npz"):
         assert (bundle_dir / f).is_file()
@@ -55,7 +55,7 @@ def test_onnxruntime_matches_torch_on_real_images(tiny_run, bundle_dir):
 
     images = load_images("digits", 16, 40, seed=3).images
     loaded = load_checkpoint(tiny_run)
-    sched = ReducedSchedule.ddim("cosine", 1000, 3)
+    sched = ReducedSchedule.placed("cosine", 1000, 3, "quadratic")
     with torch.no_grad():
         ref_f, ref_h = build_pipeline(loaded, sched, FeatureSpec("6d+ssim"))(torch.from_numpy(images))
     backend = load_backend(Bundle.load(bundle_dir), "onnxruntime", max_batch=16, log=lambda m: None)
@@ -142,6 +142,7 @@ def test_eval_through_the_bundle_reproduces_the_torch_table(bundle_dir, tiny_run
     common = ["--fit", "digits", "--test", "digits", "--ood", "photos", "--n-fit", "120",
               "--n-test", "60", "--cache-dir", ""]
     assert main(["eval", "--checkpoint", str(tiny_run), "--variant", "6d+ssim", "--k", "3",
+                 "--placement", "quadratic",
                  "--json", str(tmp_path / "torch.json"), *common]) == 0
     assert main(["eval", "--bundle", str(bundle_dir), "--backend", "onnxruntime",
                  "--json", str(tmp_path / "onnx.json"), *common]) == 0
