@@ -78,6 +78,7 @@ cameras:
               "process_fps": med("process_fps"), "latency_p50_ms": med("latency_p50_ms"),
               "latency_p99_ms": med("latency_p99_ms"), "events": rows,
               "alerts_started": len(starts),
+              "alert_starts_s": [round(t - scene_start, 2) for t, _ in starts] if scene_start else [],
               "false_alerts": len(starts) - sum(r["detected"] for r in rows)}
     print(json.dumps(report, indent=1))
     if a.json:

@@ -11,19 +11,18 @@ import numpy as np
 import torch
 
 
-def gaussian_taps(sigma: float = 1.5, truncate: float = 3.5) -> torch.Tensor:
+def gaussian_taps(sigma: float = 1.5, truncate: float = 3.5) -> np.ndarray:
     """scipy.ndimage's Gaussian kernel: radius int(truncate * sigma + 0.5), normalised."""
     radius = int(truncate * sigma + 0.5)
-    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    w = torch.exp(-0.5 * (x / sigma) ** 2)
-    return w / w.sum()  # float64; callers cast
+    w = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    return w / w.sum()
 
 
-def _symmetric_index(n: int, pad: int) -> torch.Tensor:
+def _symmetric_index(n: int, pad: int) -> np.ndarray:
     """Indices that pad a length-n axis by `pad` on each side, repeating the edge sample
     (numpy 'symmetric' == scipy 'reflect')."""
     idx = list(range(pad - 1, -1, -1)) + list(range(n)) + list(range(n - 1, n - 1 - pad, -1))
-    return torch.tensor([min(max(i, 0), n - 1) for i in idx])
+    return np.array([min(max(i, 0), n - 1) for i in idx])
 
 
 @lru_cache(maxsize=16)
@@ -32,8 +31,8 @@ def _blur_matrix(n: int, sigma: float, truncate: float) -> torch.Tensor:
     folded in. A 32x32 matrix product is several times faster on a CPU than a one-channel
     11-tap convolution, and exports as a plain MatMul with a constant. Built in numpy so an
     ONNX trace sees one constant, not the loop that fills it."""
-    taps = gaussian_taps(sigma, truncate).numpy()
-    idx = _symmetric_index(n, len(taps) // 2).numpy()
+    taps = gaussian_taps(sigma, truncate)
+    idx = _symmetric_index(n, len(taps) // 2)
     m = np.zeros((n, n))
     for i in range(n):
         np.add.at(m[i], idx[i:i + len(taps)], taps)
