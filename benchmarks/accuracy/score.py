@@ -123,7 +123,8 @@ def demo_job(job: Job) -> dict:
 def plan_jobs(models: list[str], labels_by_sched: dict[str, list[str]], seeds) -> list[Job]:
     jobs = []
     main = {Schedule(k).name for k in KS} | {Schedule(3, "quadratic").name}
-    sweep = {Schedule(k).name for k in SWEEP_KS} | {Schedule(3, trajectory="forward").name}
+    sweep = ({Schedule(k).name for k in SWEEP_KS} | {Schedule(3, "quadratic").name}
+             | {Schedule(3, trajectory="forward").name})
     for model in models:
         for task in TASKS:
             if model not in task.models:
