@@ -552,8 +552,8 @@ DEMO_TEXT = """## Demo camera, frame level
 
 The demo source (`edge/demo.py`, 320x240, 10 fps) cut into the default 4x3 grid of 32x32 tiles
 with exposure normalisation, exactly as the daemon does; `edge.calibration.fit_calibration`
-fits one density per tile on 120 frames of the first minute and sets the threshold for 0.5
-false alarms per hour; a frame's score is its worst standardised tile. Normal test frames come
+fits one density per tile on 120 frames of the first minute (30% of them held out to set the
+threshold for 0.5 false alarms per hour); a frame's score is its worst standardised tile. Normal test frames come
 from between the first two anomalies, anomalous frames from the first four scripted events
 (20 frames each). "Over threshold" counts single frames; the daemon alerts on 3 of 5.
 
