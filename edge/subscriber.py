@@ -52,9 +52,11 @@ class AlertSubscriber:
     def __init__(self, pub_addr: str, replay_addr: str | None, topics=("alert.",),
                  since: int | dict | None = None, context: zmq.Context | None = None,
                  replay_timeout_s: float = 3.0, replay_retry_s: float = 10.0,
-                 rcvhwm: int = 10000, secure=None):
+                 rcvhwm: int = 10000, secure=None, backlog: int = 0):
         """`secure`: None, or a function that configures a client socket for CURVE
-        (edge.security.client_options); it is applied to the SUB and every replay socket."""
+        (edge.security.client_options); it is applied to the SUB and every replay socket.
+        `backlog`: with `since=None`, a camera first learned from a heartbeat starts with its
+        last `backlog` journaled events (a live view shows recent alerts on connect)."""
         self.topics = tuple(topics)
         self.secure = secure
         self.since = None if since is None else check_since(since)
@@ -74,6 +76,7 @@ class AlertSubscriber:
                              "tcp://127.0.0.1:5556") from None
         self.replay_addr = replay_addr
         self.replay_timeout_s, self.replay_retry_s = replay_timeout_s, replay_retry_s
+        self.backlog = max(0, int(backlog))
         # Highest seq yielded per camera; cameras absent count from `floor` (None: adopt the
         # first seq heard, a subscriber without `since` wants new events, not history).
         self.seen: dict[str, int] = dict(self.since) if isinstance(self.since, dict) else {}
@@ -218,8 +221,9 @@ class AlertSubscriber:
                 continue
             known = self._known(cam)
             if known is None:
-                self.seen[cam] = seq  # a new live-only subscriber starts here
-            elif seq > known:
+                self.seen[cam] = max(0, seq - self.backlog)  # a live-only subscriber starts here
+                known = self.seen[cam]
+            if seq > known:
                 yield from self._fill(cam, seq)
 
     def _initial(self) -> Iterator[Message]:

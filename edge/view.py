@@ -7,6 +7,8 @@ pure function of it (`render`), so tests render it to text without a terminal.
 from __future__ import annotations
 
 import collections
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -26,6 +28,7 @@ class CameraView:
     detail: str = ""
     camera_fps: float = 0.0
     process_fps: float = 0.0
+    skipped_fps: float = 0.0
     skipped: int = 0
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
@@ -45,9 +48,26 @@ class Snapshot:
     started: float = field(default_factory=time.monotonic)
     paused: bool = False
     curve: bool = False
+    focus: str | None = None  # one camera's panel only; None: all of them
+    quit: bool = False
 
     def camera(self, name: str) -> CameraView:
         return self.cameras.setdefault(name, CameraView(name))
+
+    def key(self, k: str) -> None:
+        """A key press: p pauses the screen (messages are still folded in), n / tab shows the
+        next camera alone, a shows all cameras, q quits."""
+        k = k.lower()
+        if k == "p":
+            self.paused = not self.paused
+        elif k in ("n", "\t") and self.cameras:
+            names = sorted(self.cameras)
+            i = names.index(self.focus) + 1 if self.focus in names else 0
+            self.focus = names[i] if i < len(names) else None
+        elif k == "a":
+            self.focus = None
+        elif k in ("q", "\x03"):
+            self.quit = True
 
     def apply(self, topic: str, header: dict, now: float | None = None) -> None:
         """Fold one message into the snapshot."""
@@ -56,7 +76,8 @@ class Snapshot:
             self.last_heartbeat = now
             for name, c in (header.get("cameras") or {}).items():
                 cam = self.camera(name)
-                for key in ("state", "camera_fps", "process_fps", "skipped", "latency_p50_ms",
+                for key in ("state", "camera_fps", "process_fps", "skipped_fps", "skipped",
+                            "latency_p50_ms",
                             "latency_p99_ms", "threshold"):
                     if c.get(key) is not None:
                         setattr(cam, key, c[key])
@@ -139,7 +160,7 @@ def camera_panel(cam: CameraView, now: float) -> Panel:
     t.add_row("state", Text(cam.state + (f"  {cam.detail}" if cam.detail and cam.state != "online" else ""),
                             style=STATE_STYLE.get(cam.state, "")))
     t.add_row("fps", f"camera {cam.camera_fps:.1f}  processed {cam.process_fps:.1f}  "
-                     f"skipped {cam.skipped}")
+                     f"skipped {cam.skipped_fps:.1f} ({cam.skipped} frames)")
     lat = ("-" if cam.latency_p50_ms is None else
            f"p50 {cam.latency_p50_ms:.0f} ms  p99 {cam.latency_p99_ms:.0f} ms")
     t.add_row("latency", lat)
@@ -179,29 +200,82 @@ def render(snap: Snapshot, now: float | None = None):
     else:
         head = Text(f"connected to {snap.endpoint}" + ("  [paused]" if snap.paused else ""),
                     style="green")
-    panels = [camera_panel(c, now) for c in snap.cameras.values()]
-    return Group(head, *panels, alerts_table(snap.alerts))
+    shown = [c for c in snap.cameras.values() if snap.focus in (None, c.name)]
+    alerts = [a for a in snap.alerts if snap.focus in (None, a.get("camera"))]
+    panels = [camera_panel(c, now) for c in shown]
+    keys = Text(f"{len(shown)} of {len(snap.cameras)} cameras  ·  n next camera  a all  "
+                "p pause  q quit", style="dim")
+    return Group(head, *panels, alerts_table(alerts), keys)
 
 
-def run_view(pub: str, replay: str | None, refresh_hz: float = 4.0, secure=None) -> int:
+class Keys:
+    """Single key presses from a terminal (cbreak mode, restored on exit); nothing when stdin
+    is not a terminal, so the view also runs under a pipe or a service manager."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stdin
+        self.saved = None
+
+    def __enter__(self):
+        try:
+            import termios
+            import tty
+
+            if self.stream.isatty():
+                self.saved = termios.tcgetattr(self.stream)
+                tty.setcbreak(self.stream)
+        except (ImportError, OSError, ValueError):
+            self.saved = None  # not a POSIX terminal: no keys
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            import termios
+
+            termios.tcsetattr(self.stream, termios.TCSADRAIN, self.saved)
+
+    def pressed(self) -> str:
+        """Whatever was typed since the last call (never waits)."""
+        import select
+
+        if self.saved is None:
+            return ""
+        out = ""
+        while select.select([self.stream], [], [], 0)[0]:
+            ch = os.read(self.stream.fileno(), 32).decode(errors="ignore")
+            if not ch:
+                break
+            out += ch
+        return out
+
+
+def run_view(pub: str, replay: str | None, refresh_hz: float = 4.0, secure=None,
+             backlog: int = 50) -> int:
     from rich.live import Live
 
     from .subscriber import AlertSubscriber
 
     snap = Snapshot(endpoint=pub, curve=secure is not None)
+    # The backlog brings each camera's recent alert events from the journal on connect.
     sub = AlertSubscriber(pub, replay, topics=("alert.", "score.", "status.", "heartbeat"),
-                          secure=secure)
+                          secure=secure, backlog=backlog)
     try:
-        with Live(render(snap), refresh_per_second=refresh_hz, screen=False) as live:
+        with Keys() as keys, Live(render(snap), refresh_per_second=refresh_hz,
+                                  screen=False) as live:
             last = 0.0
-            while True:
+            while not snap.quit:
                 for m in sub.events(timeout_s=1.0 / refresh_hz):
                     snap.apply(m.topic, m.header)
                     if time.monotonic() - last > 1.0 / refresh_hz:
                         break
-                live.update(render(snap))
+                was_paused = snap.paused
+                for k in keys.pressed():
+                    snap.key(k)
+                if not (snap.paused and was_paused):  # a paused screen stays as it was
+                    live.update(render(snap))
                 last = time.monotonic()
     except KeyboardInterrupt:
-        return 0
+        pass
     finally:
         sub.close()
+    return 0

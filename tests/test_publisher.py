@@ -196,6 +196,19 @@ def test_a_live_only_subscriber_does_not_replay_history(stream):
     sub.close()
 
 
+def test_a_backlog_subscriber_starts_with_each_cameras_last_events(stream):
+    bus, pub, replay = stream
+    alert_cycle(bus)
+    alert_cycle(bus, t0=1_700_000_100.0)  # seq 1..8
+    sub = AlertSubscriber(pub, replay, backlog=3)
+    assert seqs(collect(sub, 3, bus=bus)) == [("cam", 6), ("cam", 7), ("cam", 8)]
+    tracker = AlertTracker("cam", AlertPolicy(1, 1))
+    bus.alert(tracker.update(1.8e9, 3.0, 1.0, [0, 0])[0], {}, {})
+    assert seqs(collect(sub, 1)) == [("cam", 9)]
+    assert sub.recovered == 3 and sub.missed == 0
+    sub.close()
+
+
 def test_a_subscriber_that_overflows_gets_everything_back(tmp_path):
     path = tmp_path / "journal.sqlite"
     journal = Journal(path)

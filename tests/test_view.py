@@ -34,7 +34,7 @@ def test_waiting_then_silent_then_live():
     snap.apply("heartbeat", {"cameras": {}}, now=29.5)
     live = text_of(render(snap, now=30.0))
     assert "connected to" in live and "gate" in live
-    assert "camera 10.0  processed 5.0  skipped 7" in live and "p50 80 ms  p99 140 ms" in live
+    assert "camera 10.0  processed 5.0  skipped 0.0 (7 frames)" in live and "p50 80 ms  p99 140 ms" in live
     assert "9.00 / threshold 6.00" in live and "█" in live
     silent = text_of(render(snap, now=40.0))
     assert "daemon silent for 10 s" in silent
@@ -66,3 +66,32 @@ def test_snapshot_from_real_messages(tmp_path):
     sub.close()
     pub.close()
     journal.close()
+
+
+def test_keys_focus_one_camera_pause_and_quit():
+    snap = Snapshot(endpoint="x", started=0.0)
+    snap.apply("heartbeat", {"cameras": {"gate": {"state": "online", "skipped_fps": 5.0,
+                                                  "skipped": 40},
+                                         "dock": {"state": "reconnecting"}}}, now=1.0)
+    for cam, score in (("gate", 9.0), ("dock", 2.0)):
+        snap.apply(f"alert.{cam}", {"camera": cam, "alert_id": f"{cam}-1", "state": "start",
+                                    "peak_score": score, "duration_s": 0.0, "seq": 1}, now=1.0)
+    both = text_of(render(snap, now=1.5))
+    assert "gate" in both and "dock" in both and "2 of 2 cameras" in both
+    assert "skipped 5.0 (40 frames)" in both
+    snap.key("n")  # cameras in name order: dock first
+    dock = text_of(render(snap, now=1.5))
+    assert snap.focus == "dock" and "1 of 2 cameras" in dock
+    assert "gate" not in dock and "9.00" not in dock and "2.00" in dock
+    snap.key("\t")
+    assert snap.focus == "gate"
+    snap.key("n")  # past the last camera: all of them again
+    assert snap.focus is None
+    snap.key("n"), snap.key("a")
+    assert snap.focus is None
+    snap.key("p")
+    assert snap.paused and "[paused]" in text_of(render(snap, now=1.5))
+    snap.key("P")
+    assert not snap.paused and not snap.quit
+    snap.key("q")
+    assert snap.quit
