@@ -10,9 +10,10 @@ A bundle is a directory:
                          `pathwatch bundle verify` can check any backend on any device
     engines/             TensorRT engines, named by GPU, TensorRT version and precision
 
-Loading checks the manifest's shape and the graph's hash, and (where onnxruntime is present)
-that the contract embedded in the graph's metadata agrees with the manifest, so an edited
-manifest or a swapped graph is refused instead of silently mis-scoring.
+Loading checks the manifest's shape and the graph's hash, and that the contract embedded in
+the graph's metadata agrees with the manifest (read from the ONNX file directly, so every
+backend gets the check), so an edited manifest or a swapped graph is refused instead of
+silently mis-scoring.
 """
 from __future__ import annotations
 
@@ -41,8 +42,61 @@ REQUIRED = {
 }
 
 
+# Manifest fields that are lists, and what their entries must be.
+LIST_FIELDS = {("features", "names"): str, ("schedule", "timesteps"): int}
+
+
 class BundleError(ValueError):
     """A bundle that cannot be used as it is; the message says what and how to fix it."""
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(buf):
+            raise ValueError("truncated varint")
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, i
+        shift += 7
+
+
+def _fields(buf: bytes):
+    """(field number, wire type, value) of one protobuf message, top level only."""
+    i = 0
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _varint(buf, i)
+        elif wire == 1:
+            value, i = buf[i:i + 8], i + 8
+        elif wire == 2:
+            n, i = _varint(buf, i)
+            value, i = buf[i:i + n], i + n
+        elif wire == 5:
+            value, i = buf[i:i + 4], i + 4
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+        if i > len(buf):
+            raise ValueError("truncated field")
+        yield number, wire, value
+
+
+def onnx_metadata(path: str | Path) -> dict[str, str]:
+    """ModelProto.metadata_props (field 14, entries of key = 1, value = 2) without the onnx
+    package, which a device that only runs bundles need not have."""
+    props = {}
+    try:
+        for number, wire, value in _fields(Path(path).read_bytes()):
+            if number == 14 and wire == 2:
+                entry = {n: v for n, w, v in _fields(value) if w == 2}
+                props[entry.get(1, b"").decode()] = entry.get(2, b"").decode()
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path} is not a readable ONNX file ({e}); re-export the bundle") from None
+    return props
 
 
 def sha256_of(path: str | Path) -> str:
@@ -103,21 +157,37 @@ class Bundle:
             missing = [k for k in keys if k not in m[section]]
             if missing:
                 raise BundleError(f"{where}: {section}.{missing[0]} is missing; re-export the bundle")
-        if len(m["features"]["names"]) < 1 or len(m["schedule"]["timesteps"]) < 1:
-            raise BundleError(f"{where}: empty feature or timestep list; re-export the bundle")
+        for (section, key), kind in LIST_FIELDS.items():
+            value = m[section][key]
+            if not isinstance(value, list) or not value or \
+                    not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+                raise BundleError(f"{where}: {section}.{key} must be a non-empty list of "
+                                  f"{kind.__name__}s (got {value!r:.60}); re-export the bundle")
         graph = self.graph_path
         if not graph.is_file():
             raise BundleError(f"{graph} is missing; re-export the bundle")
         if check_hash and sha256_of(graph) != m["graph"]["sha256"]:
             raise BundleError(f"{graph} does not match the sha256 in {MANIFEST} (the graph or the "
                               "manifest was changed after export); re-export the bundle")
+        self.check_graph_contract(onnx_metadata(graph).get(CONTRACT_KEY))
 
     def check_graph_contract(self, embedded: str | None) -> None:
         """Compare the contract stored in the graph's metadata with the manifest."""
         if embedded is None:
             raise BundleError(f"{self.graph_path} has no '{CONTRACT_KEY}' metadata; it was not "
                               "written by `pathwatch export` (re-export the bundle)")
-        graph, manifest = json.loads(embedded), contract_of(self.manifest)
+        try:
+            graph = json.loads(embedded)
+        except json.JSONDecodeError:
+            graph = None
+        if not isinstance(graph, dict):
+            raise BundleError(f"{self.graph_path}: its '{CONTRACT_KEY}' metadata is not a JSON "
+                              "object; re-export the bundle")
+        try:
+            manifest = contract_of(self.manifest)
+        except (KeyError, TypeError) as e:
+            raise BundleError(f"{self.root / MANIFEST}: cannot read the contract ({e}); "
+                              "re-export the bundle") from None
         for key in manifest:
             if canonical(graph.get(key)) != canonical(manifest[key]):
                 raise BundleError(f"{self.root / MANIFEST}: '{key}' disagrees with the graph it "

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edge.backends import BackendError, Capabilities, choose, load_backend
-from edge.bundle import Bundle, BundleError
+from edge.bundle import CONTRACT_KEY, Bundle, BundleError, onnx_metadata
 from edge.cli import main
 
 
@@ -94,8 +94,24 @@ def test_tampered_manifest_is_refused(bundle_dir, tmp_path):
     m = json.loads((b / "manifest.json").read_text())
     m["schedule"]["timesteps"] = [0, 500, 900]
     (b / "manifest.json").write_text(json.dumps(m))
+    # Refused at load, so every backend (torch and TensorRT read the schedule from the
+    # manifest) and `bundle info` get the check, not only onnxruntime.
     with pytest.raises(BundleError, match="'schedule' disagrees with the graph"):
-        load_backend(Bundle.load(b), "onnxruntime", log=lambda m: None)
+        Bundle.load(b)
+    assert main(["bundle", "info", str(b)]) == 2
+    m["schedule"]["timesteps"] = [0, 111, 444]
+    m["features"]["names"] = 5
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="features.names must be a non-empty list of strs"):
+        Bundle.load(b)
+
+
+def test_the_contract_is_read_from_the_graph_without_onnx(bundle_dir):
+    import onnx
+
+    graph = bundle_dir / "pipeline.onnx"
+    expected = {e.key: e.value for e in onnx.load(graph, load_external_data=False).metadata_props}
+    assert onnx_metadata(graph) == expected and CONTRACT_KEY in expected
 
 
 def test_swapped_graph_and_broken_manifest_are_refused(bundle_dir, tmp_path, capsys):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle import CONTRACT_KEY, Bundle
+from ..bundle import Bundle
 from .base import Backend, BackendError
 
 PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -68,8 +68,6 @@ class OnnxRuntimeBackend(Backend):
         except Exception as e:  # ORT raises its own exception types for bad graphs
             raise BackendError(f"onnxruntime cannot load {bundle.graph_path}: "
                                f"{str(e).splitlines()[0]}; re-export the bundle") from None
-        meta = self.session.get_modelmeta().custom_metadata_map
-        bundle.check_graph_contract(meta.get(CONTRACT_KEY))
         self.providers = self.session.get_providers()
         self.device = {"TensorrtExecutionProvider": "cuda (TensorRT EP)",
                        "CUDAExecutionProvider": "cuda"}.get(self.providers[0], "cpu")
