@@ -271,15 +271,12 @@ def cmd_export(a) -> int:
 
 
 def _build_engines(bundle, precisions, max_batch, log) -> list:
-    from .backends.tensorrt_backend import TensorRTBackend, build_engine
+    """Each engine is checked against the recorded torch outputs and recorded only if it
+    passed (a failed one is deleted, so nothing can load it later)."""
+    from .backends.tensorrt_backend import build_checked_engine
 
-    reports = []
-    for precision in precisions:
-        build_engine(bundle, precision, max_batch, log=log)
-        backend = TensorRTBackend(bundle, max_batch, precision, log=log)
-        reports.append(_verify_backend(bundle, backend, precision))
-        backend.close()
-    return reports
+    return [build_checked_engine(bundle, precision, max_batch, log=log)[1]
+            for precision in precisions]
 
 
 # --------------------------------------------------------------------------------- bundle

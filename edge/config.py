@@ -47,6 +47,10 @@ class ModelSection(Strict):
     backend: Literal["auto", "onnxruntime", "tensorrt", "torch"] = "auto"
     threads: int | None = Field(None, ge=1, description="CPU threads for the backend")
     max_batch: int = Field(64, ge=1, le=4096, description="most tiles per backend call")
+    precision: Literal["fp16", "fp32"] = Field("fp16", description="GPU precision (TensorRT "
+                                               "engine, torch autocast, ORT GPU providers)")
+    rebuild_engines: bool = Field(False, description="TensorRT: build (and check) an engine for "
+                                  "this GPU when the bundle has none that matches")
 
 
 class CalibrationSection(Strict):

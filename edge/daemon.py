@@ -127,7 +127,8 @@ class Daemon:
         self.bundle = resolve_bundle(cfg, log.info)
         self.backend = load_backend(self.bundle, cfg.model.backend, max_batch=cfg.model.max_batch,
                                     threads=cfg.model.threads, cache_dir=cfg.cache_path() / "engines",
-                                    log=log.info)
+                                    precision=cfg.model.precision,
+                                    rebuild_engines=cfg.model.rebuild_engines, log=log.info)
         if not self.calibrate_only:
             self.journal = Journal(cfg.journal_path())
             self.journal.prune(max_age_s=cfg.journal.max_age_days * 86400.0,

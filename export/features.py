@@ -95,7 +95,7 @@ def _ssim_path_stats(w: torch.Tensor, acc_dtype: torch.dtype) -> torch.Tensor:
 def path_for(spec: FeatureSpec, eps_fn: EpsFn, x0: torch.Tensor, sched: ReducedSchedule,
              clip_denoised: bool, rescale_timesteps: bool) -> Path:
     if spec.trajectory == "forward":
-        z = fixed_noise(tuple(int(d) for d in x0.shape[1:]), spec.noise_seed)
+        z = fixed_noise(tuple(int(d) for d in x0.shape[1:]), spec.noise_seed, x0.device)
         return forward_path(eps_fn, x0, sched, z, clip_denoised, rescale_timesteps)
     return ddim_inversion(eps_fn, x0, sched, clip_denoised, rescale_timesteps)
 

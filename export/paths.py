@@ -39,9 +39,16 @@ def eps_fn_for(model: UNetModel) -> EpsFn:
 
 
 def _table(values: np.ndarray, device: torch.device) -> list[torch.Tensor]:
-    """float64 table -> per-step float32 scalars (improved-diffusion's _extract_into_tensor)."""
-    t = torch.from_numpy(np.asarray(values, dtype=np.float64)).float().to(device)
-    return list(t)
+    """float64 table -> per-step float32 scalars (improved-diffusion's _extract_into_tensor).
+    Cached per device: a CUDA graph capture must not see a host-to-device copy."""
+    raw = np.ascontiguousarray(values, dtype=np.float64).tobytes()
+    return list(_table_on(raw, torch.device(device)))
+
+
+@functools.lru_cache(maxsize=64)
+def _table_on(raw: bytes, device: torch.device) -> tuple[torch.Tensor, ...]:
+    t = torch.from_numpy(np.frombuffer(raw, dtype=np.float64).copy()).float().to(device)
+    return tuple(t)
 
 
 def _model_t(sched: ReducedSchedule, i: int, batch: int, rescale: bool,
@@ -79,10 +86,13 @@ def ddim_inversion(eps_fn: EpsFn, x0: torch.Tensor, sched: ReducedSchedule,
 
 
 @functools.lru_cache(maxsize=16)
-def fixed_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+def fixed_noise(shape: tuple[int, ...], seed: int, device: torch.device | None = None) -> torch.Tensor:
     """One seeded noise image shared by every input and step, so a frame's features do not
-    depend on its position in the batch. Cached, so that once drawn it is a plain constant to
-    the ONNX tracer (which cannot record a random generator). Callers must not modify it."""
+    depend on its position in the batch. Drawn on the CPU (the same numbers everywhere) and
+    cached per device, so that it is a plain constant to the ONNX tracer (which cannot record
+    a random generator) and no copy happens inside a CUDA graph. Callers must not modify it."""
+    if device is not None and torch.device(device).type != "cpu":
+        return fixed_noise(shape, seed).to(device)
     g = torch.Generator().manual_seed(seed)
     return torch.randn(shape, generator=g)
 

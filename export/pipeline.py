@@ -35,7 +35,8 @@ class DiffPathPipeline(nn.Module):
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         if not self.uint8_input:
             return images
-        return images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        # Cast first: TensorRT wants a uint8 input converted before any other layer.
+        return images.float().permute(0, 3, 1, 2) / 127.5 - 1.0
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

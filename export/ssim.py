@@ -39,10 +39,17 @@ def _blur_matrix(n: int, sigma: float, truncate: float) -> torch.Tensor:
     return torch.from_numpy(m)
 
 
+@lru_cache(maxsize=64)
+def _blur_matrix_on(n: int, sigma: float, truncate: float, device: torch.device,
+                    dtype: torch.dtype) -> torch.Tensor:
+    """Cached per device and dtype: a CUDA graph capture must not see a host-to-device copy."""
+    return _blur_matrix(n, sigma, truncate).to(device, dtype)
+
+
 def _blur(x: torch.Tensor, sigma: float, truncate: float) -> torch.Tensor:
     """Separable Gaussian filter of (N, C, H, W) with symmetric borders, per channel."""
-    mh = _blur_matrix(x.shape[-2], sigma, truncate).to(x.device, x.dtype)
-    mw = _blur_matrix(x.shape[-1], sigma, truncate).to(x.device, x.dtype)
+    mh = _blur_matrix_on(int(x.shape[-2]), sigma, truncate, x.device, x.dtype)
+    mw = _blur_matrix_on(int(x.shape[-1]), sigma, truncate, x.device, x.dtype)
     return torch.matmul(torch.matmul(mh, x), mw.T)
 
 

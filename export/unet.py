@@ -9,6 +9,7 @@ Output is (B, C, H, W), or (B, 2C, H, W) with learned variance (the first C chan
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field, fields
 
@@ -82,11 +83,16 @@ class ModelConfig:
         return cls(**kwargs, extra=extra)
 
 
+@functools.lru_cache(maxsize=16)
+def _frequencies(half: int, max_period: float, device: torch.device) -> torch.Tensor:
+    """Computed on the CPU as improved-diffusion does, moved once per device (no copy inside a
+    CUDA graph capture)."""
+    return torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half).to(device)
+
+
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding [cos | sin], computed in float32 exactly as improved-diffusion does."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
-    args = t[:, None].float() * freqs.to(t.device)[None]
+    args = t[:, None].float() * _frequencies(dim // 2, max_period, t.device)[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 

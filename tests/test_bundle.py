@@ -154,6 +154,42 @@ def test_tensorrt_refuses_clearly_without_tensorrt(bundle_dir):
         load_backend(Bundle.load(bundle_dir), "tensorrt", log=lambda m: None)
 
 
+def test_auto_falls_back_when_tensorrt_cannot_load(bundle_dir):
+    # As on a GPU machine whose bundle has no engine for it: TensorRT is chosen, refuses,
+    # and the next backend runs, with the reason in the log.
+    lines = []
+    caps = Capabilities(ort_providers=["CPUExecutionProvider"], tensorrt=True)
+    backend = load_backend(Bundle.load(bundle_dir), "auto", caps=caps, warmup=False,
+                           log=lines.append)
+    assert backend.name == "onnxruntime"
+    assert "TensorRT not usable" in lines[-1] and "onnxruntime on the CPU" in lines[-1]
+    backend.close()
+
+
+def test_an_engine_is_recorded_only_if_it_passed_parity(bundle_dir, tmp_path):
+    from edge.backends.tensorrt_backend import accept_engine
+    from edge.parity import compare
+
+    b = Bundle.load(_copy(bundle_dir, tmp_path))
+    ref = b.parity_reference()
+    (b.root / "engines").mkdir()
+    entry = {"file": "engines/gpu-sm90_trt10.0_fp16.engine", "precision": "fp16",
+             "max_batch": 64}
+    (b.root / entry["file"]).write_bytes(b"engine")
+    rng = np.random.default_rng(0)
+    noisy = ref["features"] * (1 + 0.3 * rng.standard_normal(ref["features"].shape))
+    bad = compare("tensorrt-fp16", b.feature_names, ref["features"], ref["heatmap"],
+                  noisy.astype(np.float32), ref["heatmap"], "fp16")
+    assert not bad.passed and not accept_engine(b, entry, bad)
+    assert not (b.root / entry["file"]).exists() and Bundle.load(b.root).engines == []
+    (b.root / entry["file"]).write_bytes(b"engine")
+    good = compare("tensorrt-fp16", b.feature_names, ref["features"], ref["heatmap"],
+                   ref["features"], ref["heatmap"], "fp16")
+    assert accept_engine(b, entry, good)
+    recorded = Bundle.load(b.root).engines
+    assert [e["file"] for e in recorded] == [entry["file"]] and recorded[0]["parity"]["passed"]
+
+
 def test_eval_through_the_bundle_reproduces_the_torch_table(bundle_dir, tiny_run, tmp_path):
     common = ["--fit", "digits", "--test", "digits", "--ood", "photos", "--n-fit", "120",
               "--n-test", "60", "--cache-dir", ""]

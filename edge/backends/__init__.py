@@ -73,19 +73,38 @@ def choose(requested: str, caps: Capabilities) -> tuple[str, str]:
 
 def load_backend(bundle: Bundle, kind: str = "auto", *, max_batch: int = 64,
                  threads: int | None = None, cache_dir=None, precision: str = "fp16",
-                 rebuild_engines: bool = False, warmup: bool = True, log=print) -> Backend:
-    name, reason = choose(kind, probe() if kind == "auto" else Capabilities())
+                 rebuild_engines: bool = False, warmup: bool = True, log=print,
+                 caps: Capabilities | None = None) -> Backend:
+    """`caps`: what `auto` may choose from (default: probe this machine)."""
+    caps = caps or (probe() if kind == "auto" else Capabilities())
+    name, reason = choose(kind, caps)
+    if kind == "auto" and name == "tensorrt":
+        try:
+            return _loaded(_tensorrt(bundle, max_batch, cache_dir, precision, rebuild_engines,
+                                     log), reason, warmup, log)
+        except BackendError as e:  # e.g. no engine for this GPU in the bundle: take the next
+            caps.tensorrt = False
+            name, reason = choose(kind, caps)
+            reason = f"TensorRT not usable: {e}; {reason}"
     if name == "onnxruntime":
         from .onnxruntime_backend import OnnxRuntimeBackend
         backend: Backend = OnnxRuntimeBackend(bundle, max_batch, threads, cache_dir=cache_dir,
                                               fp16=precision == "fp16")
     elif name == "tensorrt":
-        from .tensorrt_backend import TensorRTBackend
-        backend = TensorRTBackend(bundle, max_batch, precision, rebuild_engines,
-                                  cache_dir=cache_dir, log=log)
+        backend = _tensorrt(bundle, max_batch, cache_dir, precision, rebuild_engines, log)
     else:
         from .torch_backend import TorchBackend
         backend = TorchBackend(bundle, max_batch, fp16=precision == "fp16", threads=threads)
+    return _loaded(backend, reason, warmup, log)
+
+
+def _tensorrt(bundle, max_batch, cache_dir, precision, rebuild_engines, log) -> Backend:
+    from .tensorrt_backend import TensorRTBackend
+    return TensorRTBackend(bundle, max_batch, precision, rebuild_engines, cache_dir=cache_dir,
+                           log=log)
+
+
+def _loaded(backend: Backend, reason: str, warmup: bool, log) -> Backend:
     if warmup:
         backend.warmup()
     log(f"backend {backend.name} on {backend.device} ({reason}); max batch {backend.max_batch}"

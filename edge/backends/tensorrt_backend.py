@@ -76,7 +76,8 @@ def engine_mismatch(entry: dict, bundle: Bundle, here: dict, trt_version: str) -
 def build_engine(bundle: Bundle, precision: str = "fp16", max_batch: int = 64,
                  opt_batch: int | None = None, cache_dir: str | Path | None = None,
                  workspace_gib: float = 2.0, log=print) -> dict:
-    """Build, save and record an engine for this GPU; returns its manifest entry."""
+    """Build and save an engine for this GPU; returns its manifest entry, not yet recorded
+    (`accept_engine` records it once it has passed the parity check)."""
     if precision not in PRECISIONS:
         raise BackendError(f"precision {precision!r}: use fp16 or fp32")
     trt = _trt()
@@ -118,10 +119,49 @@ def build_engine(bundle: Bundle, precision: str = "fp16", max_batch: int = 64,
              "graph_sha256": bundle.manifest["graph"]["sha256"], "min_batch": 1,
              "opt_batch": opt, "max_batch": max_batch, "build_s": round(seconds, 1),
              "built": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    bundle.engines = [e for e in bundle.engines if e.get("file") != entry["file"]] + [entry]
-    bundle.write_manifest()
     log(f"built {entry['file']} in {seconds:.0f} s")
     return entry
+
+
+def accept_engine(bundle: Bundle, entry: dict, report) -> bool:
+    """Record an engine in the manifest if its parity report passed; otherwise delete its
+    file, so a failed build is never found and loaded later."""
+    entry = {**entry, "parity": report.to_dict()}
+    bundle.engines = [e for e in bundle.engines if e.get("file") != entry["file"]]
+    if report.passed:
+        bundle.engines.append(entry)
+    else:
+        (bundle.root / entry["file"]).unlink(missing_ok=True)
+    bundle.write_manifest()
+    return report.passed
+
+
+def verify_engine(bundle: Bundle, entry: dict, cuda_graphs: bool = True):
+    """Run a freshly built engine on the images recorded at export; FP16 tolerances."""
+    from ..parity import compare
+
+    ref = bundle.parity_reference()
+    if ref is None:
+        raise BackendError(f"{bundle.root} has no parity.npz, so a new engine cannot be "
+                           "checked; re-export the bundle")
+    backend = TensorRTBackend(bundle, int(entry["max_batch"]), entry["precision"],
+                              cuda_graphs=cuda_graphs, entry=entry)
+    try:
+        feats, maps = backend(ref["images"])
+    finally:
+        backend.close()
+    return compare(f"tensorrt-{entry['precision']}", bundle.feature_names, ref["features"],
+                   ref["heatmap"], feats, maps, "fp16")
+
+
+def build_checked_engine(bundle: Bundle, precision: str, max_batch: int = 64, cache_dir=None,
+                         log=print):
+    """Build, check against the recorded torch outputs, record if it passed: (entry, report)."""
+    entry = build_engine(bundle, precision, max_batch, cache_dir=cache_dir, log=log)
+    report = verify_engine(bundle, entry)
+    if not accept_engine(bundle, entry, report):
+        log(f"{entry['file']} failed the parity check and was removed")
+    return entry, report
 
 
 def find_engine(bundle: Bundle, precision: str, rebuild: bool = False, max_batch: int = 64,
@@ -139,21 +179,29 @@ def find_engine(bundle: Bundle, precision: str, rebuild: bool = False, max_batch
     if rebuild:
         log(f"building a {precision} TensorRT engine for {here['gpu']} "
             f"({'; '.join(reasons) or 'none in the bundle'})")
-        return build_engine(bundle, precision, max_batch, cache_dir=cache_dir, log=log)
+        entry, report = build_checked_engine(bundle, precision, max_batch, cache_dir, log)
+        if not report.passed:
+            raise BackendError(f"the {precision} TensorRT engine built here does not reproduce "
+                               f"the bundle's outputs ({report.summary()}); use "
+                               "model.backend: onnxruntime or model.precision: fp32")
+        return entry
     detail = "; ".join(reasons) or "the bundle has no engine"
     raise BackendError(f"no usable {precision} TensorRT engine for {here['gpu']} "
                        f"({detail}); run `pathwatch export --tensorrt` on this device or set "
-                       "rebuild_engines")
+                       "model.rebuild_engines: true")
 
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
 
     def __init__(self, bundle: Bundle, max_batch: int = 64, precision: str = "fp16",
-                 rebuild: bool = False, cuda_graphs: bool = True, cache_dir=None, log=print):
+                 rebuild: bool = False, cuda_graphs: bool = True, cache_dir=None, log=print,
+                 entry: dict | None = None):
+        """`entry`: run this engine (a new build under test) instead of looking one up."""
         super().__init__(bundle, max_batch)
         trt, self.cudart = _trt(), _cudart()
-        entry = find_engine(bundle, precision, rebuild, max_batch, cache_dir, log)
+        self.log = log
+        entry = entry or find_engine(bundle, precision, rebuild, max_batch, cache_dir, log)
         self.max_batch = min(self.max_batch, int(entry["max_batch"]))
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
@@ -184,21 +232,38 @@ class TensorRTBackend(Backend):
         self.input_name = next(n for n, v in self.io.items() if v[0])
         self.output_names = [n for n, v in self.io.items() if not v[0]]
 
+    def _execute(self) -> None:
+        if not self.context.execute_async_v3(int(self.stream)):
+            raise BackendError("TensorRT failed to enqueue the engine (see the log above)")
+
     def _enqueue(self, n: int) -> None:
         h, w = self.bundle.image_size
         self.context.set_input_shape(self.input_name, (n, h, w, 3))
         if not self.use_graphs:
-            self.context.execute_async_v3(int(self.stream))
+            self._execute()
             return
         if n not in self.graphs:
-            cudart = self.cudart
-            self.context.execute_async_v3(int(self.stream))  # settles shape-dependent state
-            _check(cudart.cudaStreamBeginCapture(
-                self.stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
-            self.context.execute_async_v3(int(self.stream))
-            graph = _check(cudart.cudaStreamEndCapture(self.stream))
-            self.graphs[n] = _check(cudart.cudaGraphInstantiate(graph, 0))
+            self._execute()  # settles shape-dependent state before capture
+            try:
+                self.graphs[n] = self._capture()
+            except BackendError as e:
+                # Some engines hold operations a capture does not allow: run them eagerly.
+                self.log(f"TensorRT: CUDA graph capture failed ({e}); running without graphs")
+                self.use_graphs = False
+                self._execute()
+                return
         _check(self.cudart.cudaGraphLaunch(self.graphs[n], self.stream))
+
+    def _capture(self):
+        cudart = self.cudart
+        _check(cudart.cudaStreamBeginCapture(
+            self.stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
+        ok = self.context.execute_async_v3(int(self.stream))
+        graph = _check(cudart.cudaStreamEndCapture(self.stream))  # always end the capture
+        if not ok:
+            raise BackendError("enqueue refused while capturing")
+        # ...WithFlags has the same signature in every cuda-python release.
+        return _check(cudart.cudaGraphInstantiateWithFlags(graph, 0))
 
     def _copy(self, dst, src, nbytes, kind) -> None:
         _check(self.cudart.cudaMemcpyAsync(dst, src, nbytes, kind, self.stream))
