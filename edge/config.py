@@ -27,7 +27,9 @@ class ConfigError(ValueError):
 
 class Strict(BaseModel):
     """Base of every section: unknown keys are errors, assignments are validated too."""
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf/nan from YAML (.inf, .nan) would make a threshold that never fires or a heartbeat
+    # that never comes: refused like any other bad number.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -306,7 +308,24 @@ def parse_config(text: str, source_name: str = "<string>", base_dir: Path | None
         raise ConfigError(_scrub(_describe_errors(e, source_name, lines), secrets)) from None
     if base_dir is not None:
         _resolve_paths(config, Path(base_dir))
+    _check_sources(config, source_name, lines, secrets)
     return config
+
+
+def _check_sources(config: "Config", source_name: str, lines: dict, secrets: list[str]) -> None:
+    """The same source checks `run` makes (scheme, demo and folder options, a path that
+    exists), so `config check` never passes a file that `run` refuses."""
+    from .sources import SourceError, parse_source
+
+    for i, cam in enumerate(config.cameras):
+        if not cam.enabled:
+            continue
+        try:
+            parse_source(cam.source)
+        except SourceError as e:
+            where = ("cameras", i, "source")
+            raise ConfigError(_scrub(f"{source_name}{_line_for(lines, where)}: "
+                                     f"{_fmt_path(where)}: {e}", secrets)) from None
 
 
 def _line_index(node, source: str) -> dict[tuple, int]:

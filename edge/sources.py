@@ -140,7 +140,8 @@ def _demo_options(text: str) -> dict:
             opts[key] = casts[key](value)
         except ValueError:
             raise SourceError(f"demo option {key}={value!r} is not a valid "
-                              f"{'integer' if casts[key] is int else 'number'}") from None
+                              f"{'integer' if casts[key] is int else 'number'} "
+                              "(e.g. demo:seed=1,fps=10)") from None
     try:
         check_options(**opts)
     except ValueError as e:

@@ -1,8 +1,11 @@
 """The YAML config: shipped files load, and every bad input gives one line with file, line, key."""
 import json
+import shutil
 import textwrap
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from edge.config import (CameraConfig, Config, ConfigError, config_schema, config_summary,
@@ -54,10 +57,39 @@ def test_default_config_comments_every_key():
 
 
 @pytest.mark.parametrize("name", ["usb_camera.yaml", "rtsp_cameras.yaml", "video_file.yaml"])
-def test_examples_load(name, monkeypatch):
+def test_examples_load(name, monkeypatch, tmp_path):
     monkeypatch.setenv("CAM_PASSWORD", "hunter2")
-    config = load_config(CONFIGS / "examples" / name)
+    path = CONFIGS / "examples" / name
+    if name == "video_file.yaml":  # its footage is the user's: make some where it points
+        path = tmp_path / name
+        shutil.copy(CONFIGS / "examples" / name, path)
+        with pytest.raises(ConfigError, match=r"video_file.yaml:4: cameras\[0\].source: .*"
+                                              r"is not a device, URL, file or folder that exists"):
+            load_config(path)
+        (tmp_path / "footage").mkdir()
+        writer = cv2.VideoWriter(str(tmp_path / "footage" / "entrance.mp4"),
+                                 cv2.VideoWriter_fourcc(*"mp4v"), 5, (64, 48))
+        for i in range(5):
+            writer.write(np.full((48, 64, 3), 40 * i, np.uint8))
+        writer.release()
+    config = load_config(path)
     assert config.cameras
+    if name == "video_file.yaml":  # relative to the file, not the working directory
+        cam = config.cameras[0]
+        assert cam.on_end == "loop" and Path(cam.source).parent.parent == tmp_path
+
+
+@pytest.mark.parametrize("line, message", [
+    ("    source: demo:seed=abc", "cameras[0].source: demo option seed='abc' is not a valid integer"),
+    ("    source: ftp://cam/stream", "cameras[0].source: source scheme ftp:// is not supported"),
+    ("    source: demo\n    threshold: .nan", "cameras[0].threshold: "),
+    ("    source: demo\n    fps: .inf", "cameras[0].fps: "),
+])
+def test_sources_and_non_finite_numbers_are_checked_as_run_checks_them(line, message):
+    with pytest.raises(ConfigError) as e:
+        parse_config(f"cameras:\n  - name: a\n{line}\n", "t.yaml")
+    assert str(e.value).startswith("t.yaml:") and message in str(e.value)
+    assert "\n" not in str(e.value)
 
 
 def test_example_details(monkeypatch):
@@ -71,12 +103,6 @@ def test_example_details(monkeypatch):
     assert any(c.roi != (0.0, 0.0, 1.0, 1.0) and c.ignore for c in rtsp.cameras)
     summary = " ".join(f"{k} {v}" for k, v in config_summary(rtsp))
     assert "hunter2" not in summary and "viewer:***@" in summary
-
-    video = load_config(CONFIGS / "examples" / "video_file.yaml")
-    cam = video.cameras[0]
-    assert cam.on_end == "loop"
-    assert Path(cam.source).is_absolute()
-    assert Path(cam.source).parent.parent == (CONFIGS / "examples")
 
 
 # ------------------------------------------------------------------------------ unknown keys
@@ -376,6 +402,8 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path, monkeypatch):
           - name: sim
             source: demo:seed=3,script=normal
         """))
+    (folder / "clips").mkdir()
+    (folder / "clips" / "door.mp4").write_bytes(b"")  # sources must exist to pass the check
     monkeypatch.chdir(tmp_path)  # the working directory must not matter
     config = load_config("site/pathwatch.yaml")
     site = folder.resolve()
