@@ -29,6 +29,7 @@ from .tiles import TileGrid
 
 FORMAT = "pathwatch-calibration"
 TILE_REG_COVAR = 0.05
+MIN_CALIBRATION_FRAMES = 20  # below this a per-tile density and its threshold mean little
 VERSION = 1
 
 
@@ -129,15 +130,26 @@ class Calibration:
                                    "calibrate --camera NAME` or enable auto_calibrate") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CalibrationError(f"calibration {path} is not valid JSON ({e}); recalibrate") from None
+        except OSError as e:  # a directory, no permission, an I/O error
+            raise CalibrationError(f"cannot read calibration {path} ({e.strerror or e}); point "
+                                   "cameras[].calibration at a readable JSON file") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != VERSION:
             raise CalibrationError(f"{path} is not a pathwatch calibration (format {FORMAT} "
                                    f"version {VERSION}); recalibrate")
         try:
             densities = [load_density(t["density"]) if t["active"] else None for t in data["tiles"]]
-            float(data["threshold"]["value"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise CalibrationError(f"{path} is damaged ({e}); recalibrate") from None
-        return cls(data, densities)
+            if not np.isfinite(float(data["threshold"]["value"])):
+                raise ValueError("threshold.value is not a finite number")
+            for key in ("weights_sha256", "graph_sha256"):
+                str(data["bundle"][key])
+            dict(data["grid"])
+            cal = cls(data, densities)
+            if not (np.all(np.isfinite(cal.mean)) and np.all(cal.std > 0)):
+                raise ValueError("a tile's mean/std is not finite and positive")
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            what = f"missing {e}" if isinstance(e, KeyError) else str(e)
+            raise CalibrationError(f"{path} is damaged ({what}); recalibrate") from None
+        return cal
 
     def check(self, bundle_identity: dict, grid: TileGrid, path: str | Path = "calibration") -> None:
         """Refuse a calibration made for another bundle or another tile layout."""
@@ -152,6 +164,10 @@ class Calibration:
             if have.get(key) != want[key]:
                 raise CalibrationError(f"{path} was fitted for {key} {have.get(key)}, the camera "
                                        f"now has {want[key]}; recalibrate this camera")
+        if len(self.densities) != grid.count or \
+                [d is not None for d in self.densities] != [bool(a) for a in grid.active]:
+            raise CalibrationError(f"{path} has {len(self.densities)} tiles, the camera's grid "
+                                   f"{grid.count} (or other active tiles); recalibrate this camera")
 
 
 def fit_calibration(camera: str, features: np.ndarray, grid: TileGrid, bundle_identity: dict,
@@ -161,9 +177,9 @@ def fit_calibration(camera: str, features: np.ndarray, grid: TileGrid, bundle_id
                     seed: int = 0) -> Calibration:
     """features: (frames, tiles, D) from normal frames in capture order."""
     n = len(features)
-    if n < 20:
-        raise CalibrationError(f"calibration needs at least 20 normal frames, got {n}; "
-                               "raise calibration.frames")
+    if n < MIN_CALIBRATION_FRAMES:
+        raise CalibrationError(f"calibration needs at least {MIN_CALIBRATION_FRAMES} normal "
+                               f"frames, got {n}; raise calibration.frames")
     # Hold out interleaved frames (every k-th), not the last ones: drift then affects both.
     n_hold = max(5, int(round(n * holdout)))
     step = n / n_hold

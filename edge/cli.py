@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 console = Console(stderr=True)
 out = Console()
@@ -401,9 +402,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (UsageError, ValueError, FileNotFoundError, RuntimeError) as e:
-        console.print(f"[red]pathwatch {args.command}: error:[/] {e}", highlight=False,
-                      soft_wrap=True)
+    except (UsageError, ValueError, OSError, RuntimeError) as e:
+        # OSError: a file that exists where a folder should be, no permission, a full disk.
+        message = str(e) if not isinstance(e, OSError) or not e.strerror else \
+            f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+        console.print(f"[red]pathwatch {args.command}: error:[/] {escape(message)}",
+                      highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("interrupted")

@@ -13,6 +13,7 @@ from rich.console import Console
 console = Console(stderr=True)
 out = Console()
 
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")  # edge.backends.KINDS, without importing it
 REPO_DEFAULT = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
 
@@ -35,10 +36,17 @@ def setup_logging(level: str, fmt: str) -> None:
     if fmt == "json":
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
-    else:
+    elif sys.stderr.isatty():
         from rich.logging import RichHandler
         handler = RichHandler(console=console, show_path=False, markup=False,
                               log_time_format="%H:%M:%S")
+    else:
+        # A pipe, a file or journald: one unwrapped line per record, so grep and
+        # `journalctl -p` see whole messages. journald stamps lines itself.
+        handler = logging.StreamHandler(sys.stderr)
+        layout = "%(levelname)s %(message)s" if os.environ.get("JOURNAL_STREAM") else \
+            "%(asctime)s %(levelname)s %(message)s"
+        handler.setFormatter(logging.Formatter(layout))
     root.addHandler(handler)
     root.setLevel(level.upper())
 
@@ -66,7 +74,7 @@ def add_run(sub) -> None:
     p.add_argument("--config", help="YAML config (default $PATHWATCH_CONFIG or configs/default.yaml)")
     p.add_argument("--camera", action="append", help="run only these cameras (repeatable)")
     p.add_argument("--bundle", help="override model.bundle")
-    p.add_argument("--backend", help="override model.backend")
+    p.add_argument("--backend", choices=BACKENDS, help="override model.backend")
     p.add_argument("--recalibrate", action="store_true", help="ignore saved calibrations")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.set_defaults(func=cmd_run)
@@ -82,7 +90,8 @@ def cmd_run(a) -> int:
     log = logging.getLogger("pathwatch")
     log.info("config %s", path or "<built-in default>")
     notifier = Notifier.from_environment()
-    daemon = Daemon(config, path, only=a.camera, recalibrate=a.recalibrate, notify=notifier.send)
+    daemon = Daemon(config, path, only=a.camera, recalibrate=a.recalibrate, notify=notifier.send,
+                    overrides=lambda c: _override(c, a))
     daemon.install_signal_handlers()
     try:
         daemon.start()
@@ -110,14 +119,14 @@ def add_calibrate(sub) -> None:
     size.add_argument("--frames", type=int, help="normal frames to collect")
     size.add_argument("--seconds", type=float, help="collect for this long (at the camera's fps cap)")
     p.add_argument("--bundle", help="override model.bundle")
-    p.add_argument("--backend", help="override model.backend")
+    p.add_argument("--backend", choices=BACKENDS, help="override model.backend")
     p.set_defaults(func=cmd_calibrate)
 
 
 def cmd_calibrate(a) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .calibration import Calibration
+    from .calibration import MIN_CALIBRATION_FRAMES, Calibration
     from .daemon import Daemon
 
     config, path = find_config(a.config)
@@ -129,7 +138,13 @@ def cmd_calibrate(a) -> int:
         raise ValueError(f"camera {a.camera!r} is not in the config (cameras: "
                          f"{', '.join(cams) or 'none'})")
     cam = cams[a.camera]
+    if not cam.enabled:
+        raise ValueError(f"camera {a.camera!r} has enabled: false in the config; enable it to "
+                         "calibrate it")
     frames = a.frames or (int(a.seconds * (cam.fps or 5.0)) if a.seconds else None)
+    if frames is not None and frames < MIN_CALIBRATION_FRAMES:
+        raise ValueError(f"--frames {frames}{f' (from --seconds {a.seconds:g})' if a.seconds else ''}"
+                         f" is too few; calibration needs at least {MIN_CALIBRATION_FRAMES} frames")
     with Progress(TextColumn("[bold]calibrating {task.fields[camera]}"), BarColumn(),
                   MofNCompleteColumn(), TimeElapsedColumn(), console=console) as prog:
         task = prog.add_task("", total=frames or config.calibration.frames, camera=a.camera)
@@ -137,13 +152,17 @@ def cmd_calibrate(a) -> int:
                         calibration_frames=frames,
                         on_progress=lambda name, n, total: prog.update(task, completed=n, total=total))
         daemon.install_signal_handlers()
+        runtime = None
         try:
             daemon.start()
             daemon.run()
+            runtime = daemon.cameras.get(a.camera)  # stop() lets go of the cameras
         finally:
             daemon.stop()
     runtime_path = cam.calibration_path(config)
-    if not runtime_path.exists() or daemon.stop_event.is_set():
+    if runtime is not None and runtime.refused:
+        raise ValueError(f"calibration of {a.camera} failed: {runtime.refused}")
+    if runtime is None or runtime.calibration is None or daemon.stop_event.is_set():
         raise ValueError(f"calibration of {a.camera} did not finish; nothing was written")
     cal = Calibration.load(runtime_path)
     t = cal.data["threshold"]

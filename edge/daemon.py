@@ -24,7 +24,7 @@ import numpy as np
 from .alerts import AlertPolicy, AlertTracker
 from .backends import Backend, load_backend
 from .bundle import Bundle
-from .calibration import Calibration, CalibrationError, fit_calibration
+from .calibration import MIN_CALIBRATION_FRAMES, Calibration, CalibrationError, fit_calibration
 from .config import CameraConfig, Config, load_config
 from .journal import Journal
 from .publisher import AlertBus, Publisher, ReplayServer, encode_jpeg, encode_png
@@ -101,12 +101,14 @@ class Daemon:
                  only: list[str] | None = None, calibrate_only: bool = False,
                  recalibrate: bool = False, calibration_frames: int | None = None,
                  on_progress: Callable[[str, int, int], None] | None = None,
-                 notify: Callable[[str], None] | None = None):
+                 notify: Callable[[str], None] | None = None,
+                 overrides: Callable[[Config], None] | None = None):
         self.config, self.config_path = config, config_path
         self.only, self.calibrate_only, self.recalibrate = only, calibrate_only, recalibrate
         self.calibration_frames = calibration_frames or config.calibration.frames
         self.on_progress = on_progress
         self.notify = notify or (lambda state: None)  # systemd readiness/watchdog hook
+        self.overrides = overrides  # command-line settings, re-applied to a reloaded config
         self.stop_event = threading.Event()
         self.reload_requested = threading.Event()
         self.cameras: dict[str, CameraRuntime] = {}
@@ -162,8 +164,13 @@ class Daemon:
         return self.curve.apply
 
     def _open_cameras(self) -> None:
-        cfg = self.config
-        policy = self._policy()
+        self._start_cameras(self._build_cameras(self.config))
+
+    def _build_cameras(self, cfg: Config) -> dict[str, CameraRuntime]:
+        """Every enabled camera's runtime, nothing started yet: a source that can never work
+        raises SourceError here, before anything running is touched."""
+        policy = self._policy(cfg)
+        cameras = {}
         for cam in cfg.cameras:
             if not cam.enabled or (self.only and cam.name not in self.only):
                 continue
@@ -173,13 +180,17 @@ class Daemon:
                 reconnect_after_s=cfg.capture.reconnect_after_s,
                 backoff_max_s=cfg.capture.backoff_max_s, on_end=cam.on_end,
                 realtime=cam.realtime, on_status=self._on_source_status)
-            runtime = CameraRuntime(cam, cfg, source, policy)
-            self.cameras[cam.name] = runtime
-            self._load_calibration(runtime)
-            source.start()
+            cameras[cam.name] = CameraRuntime(cam, cfg, source, policy)
+        return cameras
 
-    def _policy(self) -> AlertPolicy:
-        a = self.config.alerts
+    def _start_cameras(self, cameras: dict[str, CameraRuntime]) -> None:
+        self.cameras = cameras
+        for runtime in cameras.values():
+            self._load_calibration(runtime)
+            runtime.source.start()
+
+    def _policy(self, cfg: Config | None = None) -> AlertPolicy:
+        a = (cfg or self.config).alerts
         return AlertPolicy(a.trigger_frames, a.window_frames, a.update_interval_s, a.quiet_s,
                            a.cooldown_s)
 
@@ -222,9 +233,15 @@ class Daemon:
                               density=density, holdout=c.holdout,
                               false_alarms_per_hour=c.false_alarms_per_hour, fps=fps,
                               trigger=self.config.alerts.trigger_frames,
-                              window=self.config.alerts.window_frames, source=str(cam.cfg.source),
+                              window=self.config.alerts.window_frames,
+                              source=cam.source.spec.describe(),  # URL passwords masked
                               seconds=time.time() - cam.collect_started)
-        cal.save(cam.calibration_path)
+        try:
+            cal.save(cam.calibration_path)
+        except OSError as e:
+            raise CalibrationError(f"cannot write {cam.calibration_path} ({e.strerror or e}); set "
+                                   f"cameras[].calibration or state_dir to a writable "
+                                   "path") from None
         cam.calibration, cam.collecting = cal, None
         self._on_source_status(cam.name, "online", f"calibrated on {len(features)} frames, threshold "
                      f"{cal.threshold:.2f} ({cal.data['threshold']['method']}); "
@@ -268,9 +285,30 @@ class Daemon:
             # Pinged per pass, not per frame: cameras that are all offline are not a hang, but
             # a backend call or a loop that never returns is.
             self.notify("WATCHDOG=1")
+            self._calibrate_on_what_came()
             if self.calibrate_only and all(c.calibration or c.refused for c in self.cameras.values()):
                 break
         return 0
+
+    def _calibrate_on_what_came(self) -> None:
+        """A clip that ends (on_end: stop) while its camera calibrates: fit on the frames it
+        gave, or refuse with the count, rather than wait for frames that never come."""
+        for cam in self.cameras.values():
+            if cam.collecting is None or cam.refused or not cam.source.exhausted():
+                continue
+            n = len(cam.collecting)
+            try:
+                if n < MIN_CALIBRATION_FRAMES:
+                    raise CalibrationError(
+                        f"the source ended after {n} processed frames; calibration needs at "
+                        f"least {MIN_CALIBRATION_FRAMES} (use a longer clip, on_end: loop, or a "
+                        "higher fps cap)")
+                log.warning("camera %s: the source ended; calibrating on the %d frames it gave",
+                            cam.name, n)
+                self._finish_calibration(cam)
+            except CalibrationError as e:
+                cam.refused = str(e)
+                log.error("camera %s: calibration failed: %s", cam.name, e)
 
     def _gather(self) -> list[tuple[CameraRuntime, Frame]]:
         batch = []
@@ -395,8 +433,15 @@ class Daemon:
             return
         try:
             new = load_config(self.config_path)
-        except ValueError as e:
+            if self.overrides is not None:
+                self.overrides(new)  # --bundle/--backend given at start still hold
+            cameras = self._build_cameras(new)
+        except ValueError as e:  # ConfigError, SourceError: nothing running was touched
             log.error("reload failed, keeping the running config: %s", e)
+            return
+        if not cameras:
+            log.error("reload failed, keeping the running config: the new config has no "
+                      "enabled camera")
             return
         if (new.publisher.bind, new.publisher.replay_bind) != \
                 (self.config.publisher.bind, self.config.publisher.replay_bind):
@@ -404,16 +449,15 @@ class Daemon:
         log.info("reloading config %s", self.config_path)
         self._close_cameras("reload")
         self.config = new
-        self._open_cameras()
+        self.recalibrate = False  # `run --recalibrate` meant once, not at every reload
+        self._start_cameras(cameras)
 
     def _close_cameras(self, reason: str) -> None:
         for cam in self.cameras.values():
             event = cam.tracker.close(time.time(), reason)
             if event is not None and self.bus is not None:
-                self.bus.alert(event, {}, {})
-            cam.source.stop()
-            if self.bus is not None:
-                self.bus.status(cam.name, "offline", reason)
+                self.bus.alert(event, {"latency_ms": None, "labels": []}, {})
+            cam.source.stop(reason=reason)  # publishes offline with the reason, once
         self.cameras = {}
 
     def stop(self) -> None:

@@ -167,7 +167,7 @@ class ReplayServer:
     def start(self) -> None:
         if self._thread is not None:
             return
-        self._thread = threading.Thread(target=self._serve, name="replay", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="pathwatch.replay", daemon=True)
         self._thread.start()
 
     def _serve(self) -> None:

@@ -23,6 +23,11 @@ class SecurityError(ValueError):
 
 def generate_keys(directory: str | Path, name: str) -> tuple[Path, Path]:
     directory = Path(directory).expanduser()
+    if directory.exists() and not directory.is_dir():
+        raise SecurityError(f"{directory} is a file; give a directory for the key pair")
+    for existing in (directory / f"{name}.key", directory / f"{name}.key_secret"):
+        if existing.exists():  # never overwrite a key that clients or the daemon may hold
+            raise SecurityError(f"{existing} already exists; choose another --name or remove it")
     directory.mkdir(parents=True, exist_ok=True)
     public, secret = zmq.auth.create_certificates(str(directory), name)
     os.chmod(secret, 0o600)
@@ -35,16 +40,17 @@ def load_secret(path: str | Path) -> tuple[bytes, bytes]:
     if not path.is_file():
         raise SecurityError(f"key file {path} does not exist; create one with `pathwatch keys "
                             "generate DIR --name NAME`")
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise SecurityError(f"secret key {path} is readable by others (mode {mode:04o}); "
-                            f"run: chmod 600 {path}")
     try:
         public, secret = zmq.auth.load_certificate(str(path))
     except (ValueError, OSError) as e:
         raise SecurityError(f"{path} is not a ZeroMQ certificate ({e})") from None
     if not secret:
-        raise SecurityError(f"{path} holds no secret key; use the .key_secret file")
+        raise SecurityError(f"{path} holds no secret key (a public .key file?); use the "
+                            ".key_secret file")
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise SecurityError(f"secret key {path} is readable by others (mode {mode:04o}); "
+                            f"run: chmod 600 {path}")
     return public, secret
 
 

@@ -305,10 +305,11 @@ class CameraSource:
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"capture-{self.name}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"pathwatch.capture:{self.name}",
+                                        daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 2.0) -> None:
+    def stop(self, timeout: float = 2.0, reason: str = "stopped") -> None:
         """Stop the thread and wait up to `timeout` for it. A capture stuck inside a driver call
         is not waited for: its thread releases the capture as soon as the call returns."""
         self._stop.set()
@@ -319,7 +320,7 @@ class CameraSource:
             thread.join(timeout)
             if thread.is_alive():
                 log.warning("camera %s: capture still busy in a driver call; left to finish", self.name)
-        self._set_state("offline", "stopped")
+        self._set_state("offline", reason)
 
     def get(self, timeout: float | None = 0.0) -> Frame | None:
         """The oldest queued frame, waiting up to `timeout` seconds (None: until one comes or
@@ -327,6 +328,13 @@ class CameraSource:
         with self._lock:
             self._wait_for_frame(timeout)
             return self._queue.popleft() if self._queue else None
+
+    def exhausted(self) -> bool:
+        """The capture thread has ended on its own (a file or folder with on_end: stop ran
+        out) and every frame it delivered has been taken."""
+        with self._lock:
+            return (self._thread is not None and not self._thread.is_alive()
+                    and not self._stop.is_set() and not self._queue)
 
     def latest(self, timeout: float | None = 0.0) -> Frame | None:
         """The newest queued frame; the older ones are dropped (and counted as dropped)."""

@@ -187,6 +187,57 @@ def test_calibrate_command_writes_a_calibration(tmp_path, tiny_bundle, scene_vid
     assert "threshold" in res.stdout
 
 
+def test_calibrate_says_so_when_it_cannot_calibrate(tmp_path, tiny_bundle, scene_video):
+    video, _ = scene_video
+    old = tmp_path / "state" / "calibration" / "cam.json"
+
+    def calibrate(*args, **camera):
+        config = daemon_config(tmp_path, tiny_bundle, str(video), **camera)
+        return subprocess.run([sys.executable, "-m", "edge.cli", "calibrate", "--camera", "cam",
+                               "--config", str(config), *args],
+                              capture_output=True, text=True, timeout=120)
+
+    few = calibrate("--frames", "5")
+    assert few.returncode == 2 and "at least 20 frames" in few.stderr
+    assert len(few.stderr.strip().splitlines()) == 1 and not old.exists()
+    # A clip that ends (on_end: stop) before the frames are in: refused with the count, not
+    # waited on for ever, and an older calibration file does not pass for success.
+    old.parent.mkdir(parents=True)
+    old.write_text("{}")
+    short = calibrate("--frames", "400", on_end="stop", realtime=False)
+    assert short.returncode == 2, short.stderr
+    assert "calibration of cam failed: the source ended after" in short.stderr
+    assert old.read_text() == "{}"
+
+
+def test_an_unwritable_or_damaged_calibration_refuses_the_camera_not_the_daemon(
+        tmp_path, tiny_bundle, scene_video):
+    video, _ = scene_video
+    (tmp_path / "taken").write_text("a file where a folder should be")
+    config = daemon_config(tmp_path, tiny_bundle, str(video),
+                           calibration=str(tmp_path / "taken" / "cam.json"))
+    res = subprocess.run([sys.executable, "-m", "edge.cli", "calibrate", "--camera", "cam",
+                          "--config", str(config), "--frames", "25"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"cannot write {tmp_path / 'taken' / 'cam.json'}" in res.stderr
+    from edge.calibration import Calibration, CalibrationError
+
+    good = tmp_path / "good.json"
+    config = daemon_config(tmp_path, tiny_bundle, str(video), calibration=str(good))
+    assert subprocess.run([sys.executable, "-m", "edge.cli", "calibrate", "--camera", "cam",
+                           "--config", str(config), "--frames", "25"],
+                          capture_output=True, text=True, timeout=120).returncode == 0
+    data = json.loads(good.read_text())
+    for damage in ("bundle", "threshold"):
+        broken = {k: v for k, v in data.items() if k != damage}
+        (tmp_path / "broken.json").write_text(json.dumps(broken))
+        with pytest.raises(CalibrationError, match=f"is damaged \\(missing '{damage}'\\)"):
+            Calibration.load(tmp_path / "broken.json")
+    with pytest.raises(CalibrationError, match="cannot read calibration"):
+        Calibration.load(tmp_path)
+
+
 def _log(proc) -> str:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -206,6 +257,14 @@ def test_sighup_reloads_config_and_keeps_the_sockets(tmp_path, tiny_bundle, scen
     try:
         first = collect(sub, lambda g: any(m.header.get("state") == "online" for m in g), 60)
         assert first, _log(proc)
+        # A reload whose camera source can never work is refused before anything running is
+        # touched: the camera stays up, nothing goes offline.
+        good = config.read_text()
+        config.write_text(good.replace(str(video), str(tmp_path / "gone.avi")))
+        proc.send_signal(signal.SIGHUP)
+        assert [m.header["state"] for m in collect(sub, lambda g: False, 4)] == []
+        assert proc.poll() is None
+        config.write_text(good)
         # The reloaded config renames nothing but changes the tile grid: the saved calibration
         # no longer fits, so the camera calibrates again, announced on the same socket.
         config.write_text(config.read_text().replace("- 4\n  - 3", "- 3\n  - 2"))
@@ -218,3 +277,5 @@ def test_sighup_reloads_config_and_keeps_the_sockets(tmp_path, tiny_bundle, scen
         sub.close()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
+    log = proc.stderr.read()
+    assert "reload failed, keeping the running config" in log and "gone.avi" in log

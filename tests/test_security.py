@@ -80,6 +80,18 @@ def test_loose_key_permissions_are_refused(keys):
         load_secret(secret)
     with pytest.raises(SecurityError, match="does not exist"):
         load_secret(keys / "nope.key_secret")
-    with pytest.raises(SecurityError, match="no secret key"):
-        os.chmod(keys / "server" / "server.key", 0o600)
+    with pytest.raises(SecurityError, match="no secret key"):  # not "chmod": the wrong file
         load_secret(keys / "server" / "server.key")
+
+
+def test_generate_never_overwrites_a_key_and_errors_are_one_line(keys, capsys):
+    before = (keys / "server" / "server.key_secret").read_bytes()
+    assert main(["keys", "generate", str(keys / "server"), "--name", "server"]) == 2
+    err = capsys.readouterr().err
+    assert "already exists; choose another --name" in err and len(err.strip().splitlines()) == 1
+    assert (keys / "server" / "server.key_secret").read_bytes() == before
+    assert main(["keys", "generate", str(keys / "server" / "server.key"), "--name", "x"]) == 2
+    assert "is a file; give a directory" in capsys.readouterr().err
+    # Brackets in a path are text, not console markup.
+    assert main(["config", "check", str(keys / "[/x].yaml")]) == 2
+    assert "[/x].yaml: no such config file" in capsys.readouterr().err

@@ -44,7 +44,7 @@ def drain(src, n, timeout=15.0):
 
 
 def capture_threads(name):
-    return [t for t in threading.enumerate() if t.name == f"capture-{name}"]
+    return [t for t in threading.enumerate() if t.name == f"pathwatch.capture:{name}"]
 
 
 class Recorder:
