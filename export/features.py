@@ -120,5 +120,8 @@ def features_from_path(spec: FeatureSpec, x0: torch.Tensor, path: Path,
         return feats, w.sum(0)
     if spec.variant == "amplified-eps":
         return power_sums(gain * eps, acc_dtype), w.sum(0)
-    err = gain * (eps - path.eps_true) ** 2  # "error": SSIM-amplified squared score error
+    # "error": SSIM-amplified squared score error. On the inversion path eps is the noise
+    # re-derived from the clipped x0 estimate (the same eps the 6D features use; it equals the
+    # model's raw output wherever clipping is inactive); on the forward path it is the raw output.
+    err = gain * (eps - path.eps_true) ** 2
     return power_sums(err, acc_dtype), err.sum(0).mean(1)
