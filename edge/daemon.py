@@ -32,6 +32,7 @@ from .sources import CameraSource, Frame
 from .tiles import TileGrid, heatmap_image
 
 log = logging.getLogger("pathwatch")
+CAMERA_STOP_TIMEOUT_S = 2.0  # at shutdown or reload, the wait for all capture threads together
 
 
 class DaemonError(RuntimeError):
@@ -453,11 +454,17 @@ class Daemon:
         self._start_cameras(cameras)
 
     def _close_cameras(self, reason: str) -> None:
+        # Every camera is told at once and all share one wait, so stuck cameras cost one
+        # timeout together, not one each (systemd's TimeoutStopSec stays far away).
+        for cam in self.cameras.values():
+            cam.source.request_stop()
+        deadline = time.monotonic() + CAMERA_STOP_TIMEOUT_S
         for cam in self.cameras.values():
             event = cam.tracker.close(time.time(), reason)
             if event is not None and self.bus is not None:
                 self.bus.alert(event, {"latency_ms": None, "labels": []}, {})
-            cam.source.stop(reason=reason)  # publishes offline with the reason, once
+            # publishes offline with the reason, once
+            cam.source.stop(timeout=max(0.0, deadline - time.monotonic()), reason=reason)
         self.cameras = {}
 
     def stop(self) -> None:

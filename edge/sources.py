@@ -309,12 +309,16 @@ class CameraSource:
                                         daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 2.0, reason: str = "stopped") -> None:
-        """Stop the thread and wait up to `timeout` for it. A capture stuck inside a driver call
-        is not waited for: its thread releases the capture as soon as the call returns."""
+    def request_stop(self) -> None:
+        """Tell the capture thread to end, without waiting (stop() waits)."""
         self._stop.set()
         with self._lock:
             self._lock.notify_all()
+
+    def stop(self, timeout: float = 2.0, reason: str = "stopped") -> None:
+        """Stop the thread and wait up to `timeout` for it. A capture stuck inside a driver call
+        is not waited for: its thread releases the capture as soon as the call returns."""
+        self.request_stop()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
