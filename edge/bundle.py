@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +51,7 @@ class BundleError(ValueError):
     """A bundle that cannot be used as it is; the message says what and how to fix it."""
 
 
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
+def _varint(buf, i: int) -> tuple[int, int]:
     value = shift = 0
     while True:
         if i >= len(buf):
@@ -63,8 +64,9 @@ def _varint(buf: bytes, i: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(buf: bytes):
-    """(field number, wire type, value) of one protobuf message, top level only."""
+def _fields(buf):
+    """(field number, wire type, value) of one protobuf message (bytes or memoryview, whose
+    slices copy nothing), top level only."""
     i = 0
     while i < len(buf):
         key, i = _varint(buf, i)
@@ -88,15 +90,30 @@ def _fields(buf: bytes):
 def onnx_metadata(path: str | Path) -> dict[str, str]:
     """ModelProto.metadata_props (field 14, entries of key = 1, value = 2) without the onnx
     package, which a device that only runs bundles need not have."""
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            view = memoryview(mm)  # the graph field is skipped, not copied
+            props, problem = _metadata_props(view)
+            view.release()  # no slice of the map may outlive it
+    except (ValueError, OSError) as e:
+        props, problem = {}, str(e)
+    if problem is not None:
+        raise BundleError(f"{path} is not a readable ONNX file ({problem}); re-export the bundle")
+    return props
+
+
+def _metadata_props(view) -> tuple[dict[str, str], str | None]:
+    """(props, None), or ({}, what is wrong); returns no view into `view`, and leaves no
+    exception (whose traceback would hold one) behind."""
     props = {}
     try:
-        for number, wire, value in _fields(Path(path).read_bytes()):
+        for number, wire, value in _fields(view):
             if number == 14 and wire == 2:
-                entry = {n: v for n, w, v in _fields(value) if w == 2}
+                entry = {n: bytes(v) for n, w, v in _fields(value) if w == 2}
                 props[entry.get(1, b"").decode()] = entry.get(2, b"").decode()
     except (ValueError, UnicodeDecodeError) as e:
-        raise BundleError(f"{path} is not a readable ONNX file ({e}); re-export the bundle") from None
-    return props
+        return {}, str(e)
+    return props, None
 
 
 def sha256_of(path: str | Path) -> str:

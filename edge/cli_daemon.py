@@ -17,16 +17,17 @@ BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")  # edge.backends.KINDS, 
 REPO_DEFAULT = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
 
-def find_config(path: str | None):
+def find_config(path: str | None, check_sources: bool | list[str] = False):
     """--config, else $PATHWATCH_CONFIG, else configs/default.yaml of a source checkout, else
-    the built-in default (one demo camera, every other setting at its documented default)."""
+    the built-in default (one demo camera, every other setting at its documented default).
+    `check_sources`: as load_config (the daemon's commands check the cameras they open)."""
     from .config import load_config, parse_config
 
     chosen = path or os.environ.get("PATHWATCH_CONFIG")
     if chosen:
-        return load_config(chosen), Path(chosen)
+        return load_config(chosen, check_sources), Path(chosen)
     if REPO_DEFAULT.is_file():
-        return load_config(REPO_DEFAULT), REPO_DEFAULT
+        return load_config(REPO_DEFAULT, check_sources), REPO_DEFAULT
     return parse_config("cameras:\n  - name: demo\n    source: demo\n", "<built-in default>"), None
 
 
@@ -41,14 +42,34 @@ def setup_logging(level: str, fmt: str) -> None:
         handler = RichHandler(console=console, show_path=False, markup=False,
                               log_time_format="%H:%M:%S")
     else:
-        # A pipe, a file or journald: one unwrapped line per record, so grep and
-        # `journalctl -p` see whole messages. journald stamps lines itself.
+        # A pipe, a file or journald: one unwrapped line per record, so grep sees whole
+        # messages. journald stamps lines itself and reads the priority from a <N> prefix.
         handler = logging.StreamHandler(sys.stderr)
-        layout = "%(levelname)s %(message)s" if os.environ.get("JOURNAL_STREAM") else \
-            "%(asctime)s %(levelname)s %(message)s"
-        handler.setFormatter(logging.Formatter(layout))
+        handler.setFormatter(JournaldFormatter() if stderr_is_journal() else
+                             logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root.addHandler(handler)
     root.setLevel(level.upper())
+
+
+def stderr_is_journal() -> bool:
+    """systemd's test: $JOURNAL_STREAM names the device and inode of stderr (the variable
+    alone is inherited by anything started from a service's shell)."""
+    dev, _, ino = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return dev.isdigit() and ino.isdigit() and (st.st_dev, st.st_ino) == (int(dev), int(ino))
+
+
+class JournaldFormatter(logging.Formatter):
+    """'<priority>LEVEL message', the syslog priority that `journalctl -p` filters on."""
+    PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+                logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = self.PRIORITY.get(record.levelno, 6)
+        return f"<{priority}>{record.levelname} {record.getMessage()}"
 
 
 class JsonFormatter(logging.Formatter):
@@ -84,7 +105,7 @@ def cmd_run(a) -> int:
     from .daemon import Daemon
     from .systemd import Notifier
 
-    config, path = find_config(a.config)
+    config, path = find_config(a.config, a.camera or True)
     _override(config, a)
     setup_logging(config.logging.level, config.logging.format)
     log = logging.getLogger("pathwatch")
@@ -129,7 +150,7 @@ def cmd_calibrate(a) -> int:
     from .calibration import MIN_CALIBRATION_FRAMES, Calibration
     from .daemon import Daemon
 
-    config, path = find_config(a.config)
+    config, path = find_config(a.config, [a.camera])
     _override(config, a)
     setup_logging("warning" if config.logging.level == "info" else config.logging.level,
                   config.logging.format)
@@ -275,7 +296,7 @@ def cmd_config_check(a) -> int:
 
     from .config import config_summary, load_config
 
-    config = load_config(a.file)
+    config = load_config(a.file, check_sources=True)
     t = Table(title=f"{a.file}: valid", show_header=False)
     for k, v in config_summary(config):
         t.add_row(k, v)

@@ -268,8 +268,10 @@ def _directory(value: str | None, env: str, fallback: str) -> Path:
 
 
 # ------------------------------------------------------------------------------ loading
-def load_config(path: str | Path) -> Config:
-    """Read and validate a config file; relative paths in it resolve against its directory."""
+def load_config(path: str | Path, check_sources: bool | list[str] = False) -> Config:
+    """Read and validate a config file; relative paths in it resolve against its directory.
+    `check_sources`: also check that the enabled cameras' sources (True: all, a list: those
+    named) can work, as `run` needs; clients that only want addresses and keys skip it."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -279,10 +281,11 @@ def load_config(path: str | Path) -> Config:
     except (IsADirectoryError, UnicodeDecodeError, PermissionError) as e:
         raise ConfigError(f"{path}: cannot read it as a UTF-8 text file "
                           f"({e.__class__.__name__}; pass the YAML file itself)") from None
-    return parse_config(text, str(path), path.resolve().parent)
+    return parse_config(text, str(path), path.resolve().parent, check_sources)
 
 
-def parse_config(text: str, source_name: str = "<string>", base_dir: Path | None = None) -> Config:
+def parse_config(text: str, source_name: str = "<string>", base_dir: Path | None = None,
+                 check_sources: bool | list[str] = False) -> Config:
     """Validate YAML text. `source_name` prefixes every error; `base_dir` anchors relative paths."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -308,17 +311,20 @@ def parse_config(text: str, source_name: str = "<string>", base_dir: Path | None
         raise ConfigError(_scrub(_describe_errors(e, source_name, lines), secrets)) from None
     if base_dir is not None:
         _resolve_paths(config, Path(base_dir))
-    _check_sources(config, source_name, lines, secrets)
+    if check_sources:
+        _check_sources(config, source_name, lines, secrets,
+                       None if check_sources is True else list(check_sources))
     return config
 
 
-def _check_sources(config: "Config", source_name: str, lines: dict, secrets: list[str]) -> None:
+def _check_sources(config: "Config", source_name: str, lines: dict, secrets: list[str],
+                   only: list[str] | None) -> None:
     """The same source checks `run` makes (scheme, demo and folder options, a path that
     exists), so `config check` never passes a file that `run` refuses."""
     from .sources import SourceError, parse_source
 
     for i, cam in enumerate(config.cameras):
-        if not cam.enabled:
+        if not cam.enabled or (only is not None and cam.name not in only):
             continue
         try:
             parse_source(cam.source)

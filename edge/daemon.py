@@ -110,6 +110,7 @@ class Daemon:
         self.on_progress = on_progress
         self.notify = notify or (lambda state: None)  # systemd readiness/watchdog hook
         self.overrides = overrides  # command-line settings, re-applied to a reloaded config
+        self.recalibrated: set[str] = set()  # cameras calibrated anew by this process
         self.stop_event = threading.Event()
         self.reload_requested = threading.Event()
         self.cameras: dict[str, CameraRuntime] = {}
@@ -204,7 +205,8 @@ class Daemon:
     def _load_calibration(self, cam: CameraRuntime) -> None:
         cam.calibration, cam.collecting, cam.refused = None, None, None
         path = cam.calibration_path
-        if path.exists() and not self.recalibrate:
+        # --recalibrate replaces each camera's file once; a reload after that keeps the new one.
+        if path.exists() and not (self.recalibrate and cam.name not in self.recalibrated):
             try:
                 cal = Calibration.load(path)
                 cam.calibration = cal  # checked against the grid once the first frame shows it
@@ -244,6 +246,7 @@ class Daemon:
                                    f"cameras[].calibration or state_dir to a writable "
                                    "path") from None
         cam.calibration, cam.collecting = cal, None
+        self.recalibrated.add(cam.name)
         self._on_source_status(cam.name, "online", f"calibrated on {len(features)} frames, threshold "
                      f"{cal.threshold:.2f} ({cal.data['threshold']['method']}); "
                      f"saved {cam.calibration_path}")
@@ -433,7 +436,7 @@ class Daemon:
             log.info("reload requested, but the daemon runs on a built-in config; nothing to do")
             return
         try:
-            new = load_config(self.config_path)
+            new = load_config(self.config_path, self.only or True)
             if self.overrides is not None:
                 self.overrides(new)  # --bundle/--backend given at start still hold
             cameras = self._build_cameras(new)
@@ -450,7 +453,6 @@ class Daemon:
         log.info("reloading config %s", self.config_path)
         self._close_cameras("reload")
         self.config = new
-        self.recalibrate = False  # `run --recalibrate` meant once, not at every reload
         self._start_cameras(cameras)
 
     def _close_cameras(self, reason: str) -> None:

@@ -220,12 +220,14 @@ class Keys:
         try:
             import termios
             import tty
-
+        except ImportError:
+            return self  # not a POSIX system: no keys
+        try:
             if self.stream.isatty():
                 self.saved = termios.tcgetattr(self.stream)
                 tty.setcbreak(self.stream)
-        except (ImportError, OSError, ValueError):
-            self.saved = None  # not a POSIX terminal: no keys
+        except (termios.error, OSError, ValueError):
+            self.saved = None  # not a usable terminal: no keys
         return self
 
     def __exit__(self, *exc):
@@ -242,10 +244,10 @@ class Keys:
             return ""
         out = ""
         while select.select([self.stream], [], [], 0)[0]:
-            ch = os.read(self.stream.fileno(), 32).decode(errors="ignore")
-            if not ch:
+            chunk = os.read(self.stream.fileno(), 32).decode(errors="ignore")
+            if not chunk:
                 break
-            out += ch
+            out += chunk.split("\x1b", 1)[0]  # arrows and F-keys are escapes, not letters
         return out
 
 

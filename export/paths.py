@@ -45,7 +45,7 @@ def _table(values: np.ndarray, device: torch.device) -> list[torch.Tensor]:
     return list(_table_on(raw, torch.device(device)))
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=None)  # never evicted: a captured CUDA graph points at these
 def _table_on(raw: bytes, device: torch.device) -> tuple[torch.Tensor, ...]:
     t = torch.from_numpy(np.frombuffer(raw, dtype=np.float64).copy()).float().to(device)
     return tuple(t)
@@ -85,7 +85,7 @@ def ddim_inversion(eps_fn: EpsFn, x0: torch.Tensor, sched: ReducedSchedule,
     return Path(torch.stack(eps_all), torch.stack(x0_all), torch.stack(true_all))
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=None)  # never evicted: a captured CUDA graph points at these
 def fixed_noise(shape: tuple[int, ...], seed: int, device: torch.device | None = None) -> torch.Tensor:
     """One seeded noise image shared by every input and step, so a frame's features do not
     depend on its position in the batch. Drawn on the CPU (the same numbers everywhere) and

@@ -39,7 +39,7 @@ def _blur_matrix(n: int, sigma: float, truncate: float) -> torch.Tensor:
     return torch.from_numpy(m)
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=None)  # never evicted: a captured CUDA graph points at these
 def _blur_matrix_on(n: int, sigma: float, truncate: float, device: torch.device,
                     dtype: torch.dtype) -> torch.Tensor:
     """Cached per device and dtype: a CUDA graph capture must not see a host-to-device copy."""

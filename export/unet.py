@@ -83,7 +83,7 @@ class ModelConfig:
         return cls(**kwargs, extra=extra)
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=None)  # never evicted: a captured CUDA graph points at these
 def _frequencies(half: int, max_period: float, device: torch.device) -> torch.Tensor:
     """Computed on the CPU as improved-diffusion does, moved once per device (no copy inside a
     CUDA graph capture)."""

@@ -106,12 +106,16 @@ def test_tampered_manifest_is_refused(bundle_dir, tmp_path):
         Bundle.load(b)
 
 
-def test_the_contract_is_read_from_the_graph_without_onnx(bundle_dir):
+def test_the_contract_is_read_from_the_graph_without_onnx(bundle_dir, tmp_path):
     import onnx
 
     graph = bundle_dir / "pipeline.onnx"
     expected = {e.key: e.value for e in onnx.load(graph, load_external_data=False).metadata_props}
     assert onnx_metadata(graph) == expected and CONTRACT_KEY in expected
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(graph.read_bytes()[:100_000])
+    with pytest.raises(BundleError, match="is not a readable ONNX file .truncated"):
+        onnx_metadata(cut)
 
 
 def test_swapped_graph_and_broken_manifest_are_refused(bundle_dir, tmp_path, capsys):

@@ -257,8 +257,8 @@ def test_sighup_reloads_config_and_keeps_the_sockets(tmp_path, tiny_bundle, scen
     try:
         first = collect(sub, lambda g: any(m.header.get("state") == "online" for m in g), 60)
         assert first, _log(proc)
-        # A reload whose camera source can never work is refused before anything running is
-        # touched: the camera stays up, nothing goes offline.
+        # A reload whose camera source can never work is refused (by the checks start-up
+        # makes) before anything running is touched: the camera stays up, nothing goes offline.
         good = config.read_text()
         config.write_text(good.replace(str(video), str(tmp_path / "gone.avi")))
         proc.send_signal(signal.SIGHUP)

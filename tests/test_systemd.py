@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -82,3 +83,27 @@ def test_daemon_notifies_ready_then_watchdog_and_stops_pinging_when_stuck(tmp_pa
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_log_lines_for_journald_carry_the_priority(tmp_path):
+    """Under journald (stderr is the stream $JOURNAL_STREAM names) each line is
+    '<priority>LEVEL message'; an inherited variable that names another stream is ignored."""
+    script = textwrap.dedent("""
+        import logging, os, sys
+        from edge.cli_daemon import setup_logging
+        st = os.fstat(2)
+        os.environ["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino + int(sys.argv[1])}"
+        setup_logging("info", "text")
+        logging.getLogger("pathwatch").warning("alert start a=1")
+        logging.getLogger("pathwatch").info("camera demo: online")
+    """)
+    lines = {}
+    for offset in (0, 1):
+        err = tmp_path / f"stderr{offset}"
+        with open(err, "w") as f:
+            subprocess.run([sys.executable, "-c", script, str(offset)], stderr=f, check=True,
+                           cwd=Path(__file__).resolve().parent.parent)
+        lines[offset] = err.read_text().splitlines()
+    assert lines[0] == ["<4>WARNING alert start a=1", "<6>INFO camera demo: online"]
+    assert len(lines[1]) == 2 and lines[1][0].endswith(" WARNING alert start a=1")
+    assert not lines[1][0].startswith("<")

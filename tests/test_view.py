@@ -95,3 +95,22 @@ def test_keys_focus_one_camera_pause_and_quit():
     assert not snap.paused and not snap.quit
     snap.key("q")
     assert snap.quit
+
+
+def test_keys_from_a_real_terminal_ignore_escape_sequences():
+    import os
+    import pty
+
+    from edge.view import Keys
+
+    master, slave = pty.openpty()
+    with os.fdopen(slave, "r") as stream, Keys(stream) as keys:
+        assert keys.saved is not None  # cbreak mode on a terminal
+        os.write(master, b"p")
+        time.sleep(0.05)
+        assert keys.pressed() == "p"
+        os.write(master, b"\x1b[A")  # an arrow key is not "a"
+        time.sleep(0.05)
+        assert keys.pressed() == ""
+    os.close(master)
+    assert Keys(open(os.devnull)).__enter__().pressed() == ""  # not a terminal: no keys

@@ -5,6 +5,7 @@ device that quietly fell back to the CPU is visible in the first lines of the lo
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from dataclasses import dataclass, field
 
@@ -44,11 +45,18 @@ def probe(check_torch_cuda: bool = True) -> Capabilities:
         except Exception:  # no driver, no device: TensorRT is simply not an option here
             caps.tensorrt = False
     caps.torch = has_module("torch")
-    if caps.torch and check_torch_cuda and not caps.tensorrt and \
-            "CUDAExecutionProvider" not in caps.ort_providers:
-        import torch  # only reached when torch is the sole route to a GPU
-        caps.torch_cuda = torch.cuda.is_available()
+    if check_torch_cuda and not caps.tensorrt:
+        caps.torch_cuda = _torch_cuda(caps)
     return caps
+
+
+def _torch_cuda(caps: Capabilities) -> bool:
+    """Whether torch sees a GPU; asked only when torch is the sole route to one (importing
+    torch costs seconds)."""
+    if not caps.torch or "CUDAExecutionProvider" in caps.ort_providers:
+        return False
+    import torch
+    return torch.cuda.is_available()
 
 
 def choose(requested: str, caps: Capabilities) -> tuple[str, str]:
@@ -82,8 +90,9 @@ def load_backend(bundle: Bundle, kind: str = "auto", *, max_batch: int = 64,
         try:
             return _loaded(_tensorrt(bundle, max_batch, cache_dir, precision, rebuild_engines,
                                      log), reason, warmup, log)
-        except BackendError as e:  # e.g. no engine for this GPU in the bundle: take the next
-            caps.tensorrt = False
+        except (BackendError, OSError) as e:  # e.g. no engine for this GPU: take the next
+            caps = dataclasses.replace(caps, tensorrt=False)
+            caps.torch_cuda = caps.torch_cuda or _torch_cuda(caps)
             name, reason = choose(kind, caps)
             reason = f"TensorRT not usable: {e}; {reason}"
     if name == "onnxruntime":
@@ -106,7 +115,11 @@ def _tensorrt(bundle, max_batch, cache_dir, precision, rebuild_engines, log) -> 
 
 def _loaded(backend: Backend, reason: str, warmup: bool, log) -> Backend:
     if warmup:
-        backend.warmup()
+        try:
+            backend.warmup()
+        except BaseException:
+            backend.close()  # device buffers of a backend that cannot run
+            raise
     log(f"backend {backend.name} on {backend.device} ({reason}); max batch {backend.max_batch}"
         + (f", warm-up {backend.warmup_s:.2f} s" if warmup else ""))
     return backend

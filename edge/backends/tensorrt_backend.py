@@ -7,6 +7,7 @@ built from; all three are recorded next to it in the manifest and checked before
 """
 from __future__ import annotations
 
+import os
 import re
 import time
 from datetime import datetime, timezone
@@ -82,6 +83,11 @@ def build_engine(bundle: Bundle, precision: str = "fp16", max_batch: int = 64,
         raise BackendError(f"precision {precision!r}: use fp16 or fp32")
     trt = _trt()
     here = gpu_identity()
+    engines = bundle.root / "engines"
+    if not os.access(engines if engines.is_dir() else bundle.root, os.W_OK):
+        raise BackendError(f"cannot write engines into {engines}; copy the bundle somewhere "
+                           "writable (e.g. under cache_dir) or build with `pathwatch export "
+                           "--tensorrt` where it is")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
@@ -93,6 +99,8 @@ def build_engine(bundle: Bundle, precision: str = "fp16", max_batch: int = 64,
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     if precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
+    else:  # TF32 (on by default on Ampere and later) is not FP32 accuracy; the gate expects it
+        config.clear_flag(trt.BuilderFlag.TF32)
     h, w = bundle.image_size
     name = network.get_input(0).name
     profile = builder.create_optimization_profile()
@@ -136,8 +144,9 @@ def accept_engine(bundle: Bundle, entry: dict, report) -> bool:
     return report.passed
 
 
-def verify_engine(bundle: Bundle, entry: dict, cuda_graphs: bool = True):
-    """Run a freshly built engine on the images recorded at export; FP16 tolerances."""
+def verify_engine(bundle: Bundle, entry: dict, cuda_graphs: bool = True, log=print):
+    """Run a freshly built engine on the images recorded at export, with the tolerances of
+    its precision."""
     from ..parity import compare
 
     ref = bundle.parity_reference()
@@ -145,20 +154,20 @@ def verify_engine(bundle: Bundle, entry: dict, cuda_graphs: bool = True):
         raise BackendError(f"{bundle.root} has no parity.npz, so a new engine cannot be "
                            "checked; re-export the bundle")
     backend = TensorRTBackend(bundle, int(entry["max_batch"]), entry["precision"],
-                              cuda_graphs=cuda_graphs, entry=entry)
+                              cuda_graphs=cuda_graphs, entry=entry, log=log)
     try:
         feats, maps = backend(ref["images"])
     finally:
         backend.close()
     return compare(f"tensorrt-{entry['precision']}", bundle.feature_names, ref["features"],
-                   ref["heatmap"], feats, maps, "fp16")
+                   ref["heatmap"], feats, maps, entry["precision"])
 
 
 def build_checked_engine(bundle: Bundle, precision: str, max_batch: int = 64, cache_dir=None,
                          log=print):
     """Build, check against the recorded torch outputs, record if it passed: (entry, report)."""
     entry = build_engine(bundle, precision, max_batch, cache_dir=cache_dir, log=log)
-    report = verify_engine(bundle, entry)
+    report = verify_engine(bundle, entry, log=log)
     if not accept_engine(bundle, entry, report):
         log(f"{entry['file']} failed the parity check and was removed")
     return entry, report
