@@ -32,6 +32,7 @@ from .sources import CameraSource, Frame
 from .tiles import TileGrid, heatmap_image
 
 log = logging.getLogger("pathwatch")
+JOURNAL_PRUNE_INTERVAL_S = 3600.0
 CAMERA_STOP_TIMEOUT_S = 2.0  # at shutdown or reload, the wait for all capture threads together
 
 
@@ -124,6 +125,7 @@ class Daemon:
         self.metrics = None
         self.curve = None
         self._last_heartbeat = 0.0
+        self._last_prune = 0.0
 
     # ------------------------------------------------------------------ start-up
     def start(self) -> None:
@@ -135,8 +137,7 @@ class Daemon:
                                     rebuild_engines=cfg.model.rebuild_engines, log=log.info)
         if not self.calibrate_only:
             self.journal = Journal(cfg.journal_path())
-            self.journal.prune(max_age_s=cfg.journal.max_age_days * 86400.0,
-                               max_events=cfg.journal.max_events)
+            self._prune_journal()
             secure = self._curve_server()
             self.publisher = Publisher(cfg.publisher.bind, sndhwm=cfg.publisher.sndhwm, secure=secure)
             self.replay = ReplayServer(cfg.publisher.replay_bind, cfg.journal_path(), secure=secure)
@@ -394,8 +395,19 @@ class Daemon:
                                                 for s in tile_scores],
                                       "grid": [cam.grid.cols, cam.grid.rows]})
 
+    def _prune_journal(self) -> None:
+        """Retention at start-up and then hourly, so a daemon that runs for months stays
+        within journal.max_age_days and journal.max_events."""
+        j = self.config.journal
+        removed = self.journal.prune(max_age_s=j.max_age_days * 86400.0, max_events=j.max_events)
+        self._last_prune = time.monotonic()
+        if removed:
+            log.info("journal: pruned %d old events", removed)
+
     def _heartbeat(self) -> None:
         now = time.monotonic()
+        if self.journal is not None and now - self._last_prune > JOURNAL_PRUNE_INTERVAL_S:
+            self._prune_journal()
         if self.bus is None or now - self._last_heartbeat < self.config.publisher.heartbeat_s:
             return
         self._last_heartbeat = now
