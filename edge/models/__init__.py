@@ -1,7 +1,11 @@
 """The embedded default model: a small UNet shipped with the package (see docs/default-model.md).
 
-Only its weights ship; the bundle is exported from them into the cache directory on first use
-(this needs torch once; afterwards the daemon runs the cached bundle without it).
+Its weights ship, and so does its export (`default-bundle/`: manifest, graph, parity
+references), so a device without torch runs it as it is: on first use the two are put
+together as a bundle in the cache directory. Where the shipped export does not match the
+settings in default.json (it was not regenerated after a change), the bundle is exported
+from the weights instead, which needs torch once. `python -m export.default_bundle`
+regenerates the shipped export.
 """
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from ..bundle import Bundle, BundleError, sha256_of
 
 HERE = Path(__file__).parent
 CARD = HERE / "default.json"
+SHIPPED = HERE / "default-bundle"  # the export of the weights with default.json's settings
+SHIPPED_FILES = ("manifest.json", "pipeline.onnx", "parity.npz")
 
 
 def default_settings() -> dict:
@@ -41,18 +47,45 @@ def default_bundle(cache_dir: str | Path, say: Callable[[str], None] = print) ->
             shutil.rmtree(target, ignore_errors=True)
     if sha256_of(weights) != s["sha256"]:
         raise BundleError(f"{weights} does not match its recorded sha256; reinstall pathwatch")
+    if shipped_matches(s):
+        return _install_shipped(target, weights, say)
     try:
-        from export.bundle_export import export_bundle
-        from export.checkpoint import load_checkpoint
-        from export.features import FeatureSpec
-        from export.schedule import ReducedSchedule
+        from export.default_bundle import export_default
     except ImportError as e:
         raise BundleError(f"exporting the default bundle needs {e.name} once; pip install "
                           "'pathwatch[export]', or export a bundle elsewhere and set "
                           "model.bundle to it") from None
-    say(f"exporting the default model to {target} (first run only)")
-    variant, _, trajectory = s["variant"].partition("/")
-    spec = FeatureSpec(variant, trajectory or "inversion", s.get("lam", 1.0), s.get("ssim_sigma", 1.5))
-    cfg = load_checkpoint(weights).config
-    sched = ReducedSchedule(cfg.noise_schedule, cfg.diffusion_steps, tuple(s["timesteps"]))
-    return export_bundle(weights, target, spec, sched, parity_n=64, log=say).bundle
+    say(f"exporting the default model to {target} (first run only; the shipped export does "
+        "not match default.json)")
+    return export_default(target, log=say)
+
+
+def shipped_matches(settings: dict) -> bool:
+    """Whether default-bundle/ is the export of these weights with these settings."""
+    try:
+        m = json.loads((SHIPPED / "manifest.json").read_text())
+        variant, _, trajectory = settings["variant"].partition("/")
+        spec = m["features"]["spec"]
+        return (all((SHIPPED / f).is_file() for f in SHIPPED_FILES)
+                and m["model"]["weights_sha256"] == settings["sha256"]
+                and m["schedule"]["timesteps"] == settings["timesteps"]
+                and spec["variant"] == variant
+                and spec["trajectory"] == (trajectory or "inversion")
+                and spec["lam"] == settings.get("lam", 1.0)
+                and spec["ssim_sigma"] == settings.get("ssim_sigma", 1.5))
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _install_shipped(target: Path, weights: Path, say: Callable[[str], None]) -> Bundle:
+    """The shipped export plus the weights, assembled beside the target and renamed into
+    place, so a half-copied bundle is never found."""
+    stage = target.with_name(target.name + ".partial")
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    for name in SHIPPED_FILES:
+        shutil.copyfile(SHIPPED / name, stage / name)
+    shutil.copyfile(weights, stage / "weights.safetensors")
+    stage.replace(target)
+    say(f"default bundle installed at {target} (shipped export, no torch needed)")
+    return Bundle.load(target)
