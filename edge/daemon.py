@@ -198,6 +198,11 @@ class Daemon:
                            a.cooldown_s)
 
     def _on_source_status(self, name: str, state: str, detail: str = "") -> None:
+        cam = self.cameras.get(name)
+        if state == "online" and cam is not None and cam.collecting is not None:
+            # Frames flow, but no alert can come before the calibration is done: say so.
+            state, detail = "calibrating", f"{detail}; collecting {self.calibration_frames} " \
+                "normal frames"
         log.info("camera %s: %s%s", name, state, f" ({detail})" if detail else "")
         if self.bus is not None:
             self.bus.status(name, state, detail)
