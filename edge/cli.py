@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -402,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:  # `pathwatch ... | head` is normal use
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 0
     except (UsageError, ValueError, OSError, RuntimeError) as e:
         # OSError: a file that exists where a folder should be, no permission, a full disk.
         message = str(e) if not isinstance(e, OSError) or not e.strerror else \

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 console = Console(stderr=True)
 out = Console()
@@ -166,6 +167,7 @@ def cmd_calibrate(a) -> int:
     if frames is not None and frames < MIN_CALIBRATION_FRAMES:
         raise ValueError(f"--frames {frames}{f' (from --seconds {a.seconds:g})' if a.seconds else ''}"
                          f" is too few; calibration needs at least {MIN_CALIBRATION_FRAMES} frames")
+    previous = _describe_existing(cam.calibration_path(config))
     with Progress(TextColumn("[bold]calibrating {task.fields[camera]}"), BarColumn(),
                   MofNCompleteColumn(), TimeElapsedColumn(), console=console) as prog:
         task = prog.add_task("", total=frames or config.calibration.frames, camera=a.camera)
@@ -187,10 +189,34 @@ def cmd_calibrate(a) -> int:
         raise ValueError(f"calibration of {a.camera} did not finish; nothing was written")
     cal = Calibration.load(runtime_path)
     t = cal.data["threshold"]
-    out.print(f"wrote {runtime_path}: {cal.data['frames']['total']} frames "
+    out.print(f"wrote {escape(str(runtime_path))}: {cal.data['frames']['total']} frames "
               f"({cal.data['frames']['holdout']} held out), threshold {t['value']:.2f} "
-              f"[{t['method']}]")
+              f"[{escape(t['method'])}]", highlight=False)
+    if previous is not None:
+        out.print(f"replaced a calibration of {previous}; a running daemon uses the new one "
+                  "after `systemctl reload pathwatch` (SIGHUP)", highlight=False)
+    if cal.data["frames"]["holdout"] < FEW_HOLDOUT_FRAMES:
+        console.print(f"[yellow]warning:[/] {cal.data['frames']['holdout']} held-out frames are "
+                      f"few to set a threshold for {t['false_alarms_per_hour']:g} false alarms "
+                      "per hour; expect more false alerts, or collect --frames 150 or more",
+                      highlight=False, soft_wrap=True)
     return 0
+
+
+FEW_HOLDOUT_FRAMES = 30  # below this the threshold rests on a handful of frames
+
+
+def _describe_existing(path: Path) -> str | None:
+    """'N frames, threshold T' of a calibration file about to be replaced (None: none)."""
+    from .calibration import Calibration, CalibrationError
+
+    if not path.exists():
+        return None
+    try:
+        cal = Calibration.load(path)
+        return f"{cal.data['frames']['total']} frames, threshold {cal.threshold:.2f}"
+    except (CalibrationError, KeyError, TypeError):
+        return "an unreadable file"
 
 
 # ----------------------------------------------------------------------------------- tail
@@ -301,7 +327,27 @@ def cmd_config_check(a) -> int:
     for k, v in config_summary(config):
         t.add_row(k, v)
     out.print(t)
+    for warning in config_warnings(config):
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     return 0
+
+
+def config_warnings(config) -> list[str]:
+    """Valid, but likely not what was meant (`run` says the same when it gets there)."""
+    from .publisher import network_reachable
+
+    out = []
+    if not config.security.curve:
+        for key, address in (("bind", config.publisher.bind),
+                             ("replay_bind", config.publisher.replay_bind)):
+            if network_reachable(address):
+                out.append(f"publisher.{key} {address} is reachable from the network without "
+                           "encryption; set security.curve: true (see the README's Security)")
+    bundle = config.model.bundle
+    if bundle != "default" and not (Path(bundle) / "manifest.json").is_file():
+        out.append(f"model.bundle {bundle} is not a bundle directory (yet); `run` refuses it "
+                   "until `pathwatch export --out` has written one there")
+    return out
 
 
 def cmd_config_schema(a) -> int:

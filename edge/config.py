@@ -445,7 +445,8 @@ _UNION_TAGS = {"int", "str"}
 
 
 def _describe_errors(e: ValidationError, source: str, lines: dict) -> str:
-    """Up to three errors, each `FILE:LINE: key.path: problem (hint)`, joined with '; '."""
+    """Up to three errors, each `FILE:LINE: key.path: problem (hint)`, joined with '; ' (the
+    whole message stays one line, for logs and systemd's status)."""
     parts, seen = [], set()
     # An unknown key first: a misspelt key also makes the intended one "missing".
     errors = sorted(e.errors(), key=lambda err: err["type"] != "extra_forbidden")

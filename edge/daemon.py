@@ -131,6 +131,7 @@ class Daemon:
     def start(self) -> None:
         cfg = self.config
         self.bundle = resolve_bundle(cfg, log.info)
+        log.info("bundle %s (%s)", self.bundle.root, self.bundle.label)
         self.backend = load_backend(self.bundle, cfg.model.backend, max_batch=cfg.model.max_batch,
                                     threads=cfg.model.threads, cache_dir=cfg.cache_path() / "engines",
                                     precision=cfg.model.precision,

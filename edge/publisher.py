@@ -79,6 +79,12 @@ def encode_png(gray_or_bgr: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
+def network_reachable(address: str) -> bool:
+    """A tcp bind other than loopback (ipc:// and inproc:// stay on the machine)."""
+    local = any(h in address for h in ("127.0.0.1", "localhost", "[::1]"))
+    return address.startswith("tcp://") and not local
+
+
 def _bind(socket: zmq.Socket, address: str, what: str, secure=None) -> str:
     """Bind, or close the socket and raise a one-line error naming the address. `secure`, if
     given, configures the socket (CURVE) first: security options only apply before bind."""
@@ -92,8 +98,7 @@ def _bind(socket: zmq.Socket, address: str, what: str, secure=None) -> str:
                              "pathwatch may be running there, or choose another address in "
                              "the publisher section of the config") from None
     endpoint = socket.getsockopt(zmq.LAST_ENDPOINT).decode()
-    local = any(h in address for h in ("127.0.0.1", "localhost", "[::1]"))
-    if address.startswith("tcp://") and not local and secure is None:
+    if network_reachable(address) and secure is None:
         log.warning("%s %s is reachable from the network without encryption", what, endpoint)
     return endpoint
 

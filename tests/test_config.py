@@ -465,3 +465,23 @@ def test_schema_is_a_json_schema_with_the_sections():
     assert {"name", "source", "roi", "tiles", "ignore", "fps"} <= set(camera["properties"])
     assert set(schema["$defs"]["ModelSection"]["properties"]["backend"]["enum"]) == \
         {"auto", "onnxruntime", "tensorrt", "torch"}
+
+
+def test_config_check_warns_about_an_open_bind_and_a_missing_bundle(tmp_path, capsys):
+    from edge.cli import main
+
+    path = tmp_path / "lan.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        model:
+          bundle: {tmp_path / "not-yet"}
+        publisher:
+          bind: tcp://0.0.0.0:5556
+        cameras:
+          - name: a
+            source: demo
+        """))
+    assert main(["config", "check", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "publisher.bind tcp://0.0.0.0:5556 is reachable from the network without encryption" in err
+    assert "replay_bind" not in err  # still on loopback
+    assert f"model.bundle {tmp_path / 'not-yet'} is not a bundle directory" in err

@@ -185,6 +185,11 @@ def test_calibrate_command_writes_a_calibration(tmp_path, tiny_bundle, scene_vid
     cal = json.loads((tmp_path / "state" / "calibration" / "cam.json").read_text())
     assert cal["frames"]["total"] == 25 and cal["threshold"]["value"] > 0
     assert "threshold" in res.stdout
+    assert "held-out frames are few" in res.stderr  # 25 frames: 8 held out
+    again = subprocess.run([sys.executable, "-m", "edge.cli", "calibrate", "--camera", "cam",
+                            "--config", str(config), "--frames", "25"],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "replaced a calibration of 25 frames" in again.stdout
 
 
 def test_calibrate_says_so_when_it_cannot_calibrate(tmp_path, tiny_bundle, scene_video):
