@@ -7,7 +7,8 @@ against its calibration. A camera without calibration collects normal frames fir
 calibration, announced on its status topic) or is refused with a clear message.
 
 Signals: SIGTERM/SIGINT stop capture, end open alerts, flush the journal, publish `offline`
-and exit 0; SIGHUP reloads the config and the calibrations without closing the sockets.
+and exit 0; SIGHUP reloads the config and the calibrations without closing the sockets
+(unchanged cameras keep running and only read their calibration again).
 """
 from __future__ import annotations
 
@@ -188,7 +189,7 @@ class Daemon:
         return cameras
 
     def _start_cameras(self, cameras: dict[str, CameraRuntime]) -> None:
-        self.cameras = cameras
+        self.cameras.update(cameras)
         for runtime in cameras.values():
             self._load_calibration(runtime)
             runtime.source.start()
@@ -468,24 +469,60 @@ class Daemon:
         if (new.publisher.bind, new.publisher.replay_bind) != \
                 (self.config.publisher.bind, self.config.publisher.replay_bind):
             log.warning("publisher binds changed; they take effect at the next restart")
-        log.info("reloading config %s", self.config_path)
-        self._close_cameras("reload")
+        # A camera whose settings did not change keeps running (its capture, open alert and
+        # scene go on); only its calibration file is read again. The others restart.
+        keep = [n for n, cam in self.cameras.items() if n in cameras
+                and self._unchanged(cam, cameras[n].cfg, new)]
+        log.info("reloading config %s (%d of %d cameras unchanged)", self.config_path,
+                 len(keep), len(cameras))
+        self._close_cameras("reload", [n for n in self.cameras if n not in keep])
         self.config = new
-        self._start_cameras(cameras)
+        for name in keep:
+            self._refresh(self.cameras[name], cameras[name].cfg)
+        self._start_cameras({n: c for n, c in cameras.items() if n not in keep})
+        self.cameras = {n: self.cameras[n] for n in cameras}  # in the new file's order
 
-    def _close_cameras(self, reason: str) -> None:
+    def _unchanged(self, cam: CameraRuntime, cfg: CameraConfig, new: Config) -> bool:
+        old = self.config
+        return (cam.cfg == cfg and new.capture == old.capture and new.alerts == old.alerts
+                and new.calibration == old.calibration
+                and cfg.calibration_path(new) == cam.calibration_path)
+
+    def _refresh(self, cam: CameraRuntime, cfg: CameraConfig) -> None:
+        """Reload: the same camera, with its calibration file read again (an edited
+        threshold, or a new `pathwatch calibrate`)."""
+        cam.cfg, cam.config = cfg, self.config
+        if cam.refused or cam.collecting is not None:
+            if cam.refused or cam.calibration_path.exists():
+                self._load_calibration(cam)  # a calibration may be there now
+                cam.grid = None  # checked against the grid with the next frame
+            return
+        if not cam.calibration_path.exists():
+            log.warning("camera %s: %s is gone; keeping the calibration in use", cam.name,
+                        cam.calibration_path)
+            return
+        try:
+            cam.calibration = Calibration.load(cam.calibration_path)
+        except CalibrationError as e:
+            log.error("camera %s: %s; keeping the calibration in use", cam.name, e)
+            return
+        cam.grid = None  # checked against the grid (and announced) with the next frame
+
+    def _close_cameras(self, reason: str, names: list[str] | None = None) -> None:
         # Every camera is told at once and all share one wait, so stuck cameras cost one
         # timeout together, not one each (systemd's TimeoutStopSec stays far away).
-        for cam in self.cameras.values():
+        closing = [self.cameras[n] for n in (self.cameras if names is None else names)]
+        for cam in closing:
             cam.source.request_stop()
         deadline = time.monotonic() + CAMERA_STOP_TIMEOUT_S
-        for cam in self.cameras.values():
+        for cam in closing:
             event = cam.tracker.close(time.time(), reason)
             if event is not None and self.bus is not None:
                 self.bus.alert(event, {"latency_ms": None, "labels": []}, {})
             # publishes offline with the reason, once
             cam.source.stop(timeout=max(0.0, deadline - time.monotonic()), reason=reason)
-        self.cameras = {}
+        for cam in closing:
+            self.cameras.pop(cam.name, None)
 
     def stop(self) -> None:
         self.notify("STOPPING=1")

@@ -270,6 +270,16 @@ def test_sighup_reloads_config_and_keeps_the_sockets(tmp_path, tiny_bundle, scen
         assert [m.header["state"] for m in collect(sub, lambda g: False, 4)] == []
         assert proc.poll() is None
         config.write_text(good)
+        # Unchanged cameras keep running through a reload; an edited threshold in the
+        # calibration file takes effect.
+        cal_path = tmp_path / "state" / "calibration" / "cam.json"
+        cal = json.loads(cal_path.read_text())
+        cal["threshold"]["value"] = 42.5
+        cal_path.write_text(json.dumps(cal))
+        proc.send_signal(signal.SIGHUP)
+        same = collect(sub, lambda g: any("42.50" in m.header.get("detail", "") for m in g), 30)
+        assert any("42.50" in m.header.get("detail", "") for m in same), same
+        assert "offline" not in [m.header["state"] for m in same]
         # The reloaded config renames nothing but changes the tile grid: the saved calibration
         # no longer fits, so the camera calibrates again, announced on the same socket.
         config.write_text(config.read_text().replace("- 4\n  - 3", "- 3\n  - 2"))
