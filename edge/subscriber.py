@@ -294,23 +294,36 @@ def tail_line(m: Message) -> str:
 
 def tail_main(pub: str, replay: str | None, since: int | dict | None = None,
               topics=("alert.",), out=None, stop_after: int | None = None,
-              timeout_s: float | None = None, secure=None) -> int:
+              timeout_s: float | None = None, secure=None, err=None,
+              silent_after_s: float = 5.0) -> int:
     """`pathwatch tail`: print each event as one JSON line and flush. `stop_after`: exit after
     that many stream events (`missed` notices are printed but not counted); `timeout_s`: exit
-    after that long without a message. Returns the exit status (0)."""
-    out = out or sys.stdout
+    after that long without a message. While nothing (not even a heartbeat) is heard for
+    `silent_after_s`, one notice goes to `err` (stderr), so stdout stays JSON only. Returns
+    the exit status (0)."""
+    out, err = out or sys.stdout, err or sys.stderr
     sub = AlertSubscriber(pub, replay, topics, since, secure=secure)
-    n = 0
+    n, warned = 0, False
     try:
         if stop_after is not None and stop_after <= 0:
             return 0
-        for m in sub.events(timeout_s):
-            out.write(tail_line(m) + "\n")
-            out.flush()
-            if m.header.get("kind") != "missed":
-                n += 1
-                if stop_after is not None and n >= stop_after:
-                    break
+        while timeout_s is None or sub.silent_s() < timeout_s:
+            for m in sub.events(timeout_s=0.5):
+                if warned:
+                    err.write(f"pathwatch tail: hearing the daemon at {pub} again\n")
+                    warned = False
+                out.write(tail_line(m) + "\n")
+                out.flush()
+                if m.header.get("kind") != "missed":
+                    n += 1
+                    if stop_after is not None and n >= stop_after:
+                        return 0
+            if not warned and sub.silent_s() >= silent_after_s:
+                err.write(f"pathwatch tail: nothing from {pub} for {sub.silent_s():.0f} s (no "
+                          "heartbeat); is `pathwatch run` running there, and, with CURVE, "
+                          "are --server-key/--client-key right? Still waiting.\n")
+                err.flush()
+                warned = True
     except KeyboardInterrupt:
         pass
     finally:

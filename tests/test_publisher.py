@@ -374,3 +374,11 @@ def test_image_encoders_round_trip_and_refuse_bad_input():
         encode_jpeg(frame.astype(np.float32))
     with pytest.raises(ValueError, match="image"):
         encode_png(np.zeros((0, 4), np.uint8))
+
+
+def test_tail_says_on_stderr_when_the_daemon_is_silent(tmp_path):
+    out, err = io.StringIO(), io.StringIO()
+    nobody = f"ipc://{tmp_path}/nobody.sock"
+    assert tail_main(nobody, None, out=out, err=err, timeout_s=1.5, silent_after_s=0.5) == 0
+    assert out.getvalue() == ""  # stdout stays JSON lines only
+    assert f"nothing from {nobody}" in err.getvalue() and "Still waiting" in err.getvalue()
