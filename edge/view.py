@@ -262,8 +262,9 @@ def run_view(pub: str, replay: str | None, refresh_hz: float = 4.0, secure=None,
     sub = AlertSubscriber(pub, replay, topics=("alert.", "score.", "status.", "heartbeat"),
                           secure=secure, backlog=backlog)
     try:
+        # The terminal's alternate screen, as top and htop use: q leaves the shell as it was.
         with Keys() as keys, Live(render(snap), refresh_per_second=refresh_hz,
-                                  screen=False) as live:
+                                  screen=sys.stdout.isatty()) as live:
             last = 0.0
             while not snap.quit:
                 for m in sub.events(timeout_s=1.0 / refresh_hz):
