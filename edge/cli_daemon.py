@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -196,10 +197,11 @@ def cmd_calibrate(a) -> int:
         out.print(f"replaced a calibration of {previous}; a running daemon uses the new one "
                   "after `systemctl reload pathwatch` (SIGHUP)", highlight=False)
     if cal.data["frames"]["holdout"] < FEW_HOLDOUT_FRAMES:
+        enough = math.ceil(FEW_HOLDOUT_FRAMES / config.calibration.holdout)
         console.print(f"[yellow]warning:[/] {cal.data['frames']['holdout']} held-out frames are "
                       f"few to set a threshold for {t['false_alarms_per_hour']:g} false alarms "
-                      "per hour; expect more false alerts, or collect --frames 150 or more",
-                      highlight=False, soft_wrap=True)
+                      f"per hour; expect more false alerts, or collect --frames {enough} or "
+                      "more", highlight=False, soft_wrap=True)
     return 0
 
 

@@ -108,6 +108,7 @@ class Daemon:
                  overrides: Callable[[Config], None] | None = None):
         self.config, self.config_path = config, config_path
         self.only, self.calibrate_only, self.recalibrate = only, calibrate_only, recalibrate
+        self.frames_asked = calibration_frames  # calibrate --frames; else the config's count
         self.calibration_frames = calibration_frames or config.calibration.frames
         self.on_progress = on_progress
         self.notify = notify or (lambda state: None)  # systemd readiness/watchdog hook
@@ -271,6 +272,7 @@ class Daemon:
             try:
                 cam.calibration.check(self.bundle.identity(), cam.grid, cam.calibration_path)
             except CalibrationError as e:
+                self._end_alert(cam, "calibration no longer fits")
                 if self.calibrate_only or cam.cfg.wants_auto_calibration(self.config):
                     self._begin_collecting(cam, str(e))
                 else:
@@ -477,6 +479,7 @@ class Daemon:
                  len(keep), len(cameras))
         self._close_cameras("reload", [n for n in self.cameras if n not in keep])
         self.config = new
+        self.calibration_frames = self.frames_asked or new.calibration.frames
         for name in keep:
             self._refresh(self.cameras[name], cameras[name].cfg)
         self._start_cameras({n: c for n, c in cameras.items() if n not in keep})
@@ -484,29 +487,49 @@ class Daemon:
 
     def _unchanged(self, cam: CameraRuntime, cfg: CameraConfig, new: Config) -> bool:
         old = self.config
-        return (cam.cfg == cfg and new.capture == old.capture and new.alerts == old.alerts
+        return (cam.cfg == cfg and not cam.source.exhausted()  # an ended clip plays again
+                and new.capture == old.capture and new.alerts == old.alerts
                 and new.calibration == old.calibration
                 and cfg.calibration_path(new) == cam.calibration_path)
 
     def _refresh(self, cam: CameraRuntime, cfg: CameraConfig) -> None:
         """Reload: the same camera, with its calibration file read again (an edited
-        threshold, or a new `pathwatch calibrate`)."""
+        threshold, or a new `pathwatch calibrate`). A file that cannot be used changes
+        nothing: the calibration in use (or the collection under way) goes on."""
         cam.cfg, cam.config = cfg, self.config
-        if cam.refused or cam.collecting is not None:
-            if cam.refused or cam.calibration_path.exists():
-                self._load_calibration(cam)  # a calibration may be there now
-                cam.grid = None  # checked against the grid with the next frame
+        path = cam.calibration_path
+        if cam.refused:
+            self._load_calibration(cam)  # a calibration may be there now
+            cam.grid = None  # checked against the grid with the next frame
             return
-        if not cam.calibration_path.exists():
-            log.warning("camera %s: %s is gone; keeping the calibration in use", cam.name,
-                        cam.calibration_path)
+        if cam.collecting is not None:
+            # Only a file written since the collection began (`pathwatch calibrate`) ends it.
+            fresh = path.exists() and path.stat().st_mtime > cam.collect_started and \
+                not (self.recalibrate and cam.name not in self.recalibrated)
+            if not fresh:
+                return
+        elif not path.exists():
+            log.warning("camera %s: %s is gone; keeping the calibration in use", cam.name, path)
             return
         try:
-            cam.calibration = Calibration.load(cam.calibration_path)
+            cal = Calibration.load(path)
+            if cam.grid is not None:
+                cal.check(self.bundle.identity(), cam.grid, path)
         except CalibrationError as e:
-            log.error("camera %s: %s; keeping the calibration in use", cam.name, e)
+            log.error("camera %s: %s; keeping %s", cam.name, e,
+                      "the collection under way" if cam.collecting is not None else
+                      "the calibration in use")
             return
-        cam.grid = None  # checked against the grid (and announced) with the next frame
+        cam.calibration, cam.collecting = cal, None
+        if cam.grid is not None:
+            self._on_source_status(cam.name, "online", f"calibration {path} reloaded, "
+                                   f"threshold {cam.threshold:.2f}")
+
+    def _end_alert(self, cam: CameraRuntime, reason: str) -> None:
+        """An open alert on a camera that stops scoring gets its `end` now."""
+        event = cam.tracker.close(time.time(), reason)
+        if event is not None and self.bus is not None:
+            self.bus.alert(event, {"latency_ms": None, "labels": []}, {})
 
     def _close_cameras(self, reason: str, names: list[str] | None = None) -> None:
         # Every camera is told at once and all share one wait, so stuck cameras cost one
@@ -516,9 +539,7 @@ class Daemon:
             cam.source.request_stop()
         deadline = time.monotonic() + CAMERA_STOP_TIMEOUT_S
         for cam in closing:
-            event = cam.tracker.close(time.time(), reason)
-            if event is not None and self.bus is not None:
-                self.bus.alert(event, {"latency_ms": None, "labels": []}, {})
+            self._end_alert(cam, reason)
             # publishes offline with the reason, once
             cam.source.stop(timeout=max(0.0, deadline - time.monotonic()), reason=reason)
         for cam in closing:

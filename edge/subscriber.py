@@ -309,15 +309,16 @@ def tail_main(pub: str, replay: str | None, since: int | dict | None = None,
             return 0
         while timeout_s is None or sub.silent_s() < timeout_s:
             for m in sub.events(timeout_s=0.5):
-                if warned:
-                    err.write(f"pathwatch tail: hearing the daemon at {pub} again\n")
-                    warned = False
                 out.write(tail_line(m) + "\n")
                 out.flush()
                 if m.header.get("kind") != "missed":
                     n += 1
                     if stop_after is not None and n >= stop_after:
                         return 0
+            if warned and sub.silent_s() < silent_after_s:  # heartbeats count, shown or not
+                err.write(f"pathwatch tail: hearing the daemon at {pub} again\n")
+                err.flush()
+                warned = False
             if not warned and sub.silent_s() >= silent_after_s:
                 err.write(f"pathwatch tail: nothing from {pub} for {sub.silent_s():.0f} s (no "
                           "heartbeat); is `pathwatch run` running there, and, with CURVE, "

@@ -280,6 +280,11 @@ def test_sighup_reloads_config_and_keeps_the_sockets(tmp_path, tiny_bundle, scen
         same = collect(sub, lambda g: any("42.50" in m.header.get("detail", "") for m in g), 30)
         assert any("42.50" in m.header.get("detail", "") for m in same), same
         assert "offline" not in [m.header["state"] for m in same]
+        # A calibration file that does not fit the camera changes nothing: the one in use stays.
+        cal["grid"]["tiles"] = [9, 9]
+        cal_path.write_text(json.dumps(cal))
+        proc.send_signal(signal.SIGHUP)
+        assert [m.header["state"] for m in collect(sub, lambda g: False, 4)] == []
         # The reloaded config renames nothing but changes the tile grid: the saved calibration
         # no longer fits, so the camera calibrates again, announced on the same socket.
         config.write_text(config.read_text().replace("- 4\n  - 3", "- 3\n  - 2"))
@@ -294,3 +299,4 @@ def test_sighup_reloads_config_and_keeps_the_sockets(tmp_path, tiny_bundle, scen
         assert proc.wait(timeout=15) == 0
     log = proc.stderr.read()
     assert "reload failed, keeping the running config" in log and "gone.avi" in log
+    assert "keeping the calibration in use" in log

@@ -382,3 +382,19 @@ def test_tail_says_on_stderr_when_the_daemon_is_silent(tmp_path):
     assert tail_main(nobody, None, out=out, err=err, timeout_s=1.5, silent_after_s=0.5) == 0
     assert out.getvalue() == ""  # stdout stays JSON lines only
     assert f"nothing from {nobody}" in err.getvalue() and "Still waiting" in err.getvalue()
+
+
+def test_tail_says_when_the_daemon_is_heard_again(stream, tmp_path):
+    bus, pub, replay = stream
+    out, err = io.StringIO(), io.StringIO()
+    t = threading.Thread(target=tail_main, args=(pub, replay),
+                         kwargs=dict(out=out, err=err, timeout_s=2.5, silent_after_s=0.9))
+    t.start()
+    for pause in [0.3, 0.3, 1.6, 0.7, 0.7, 0.7]:  # heartbeats (never printed by tail), a gap
+        time.sleep(pause)
+        bus.heartbeat()
+    t.join(timeout=15)
+    assert out.getvalue() == ""
+    notices = err.getvalue().splitlines()
+    assert any("nothing from" in n for n in notices), notices
+    assert any("hearing the daemon" in n for n in notices), notices

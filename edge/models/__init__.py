@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -78,14 +79,27 @@ def shipped_matches(settings: dict) -> bool:
 
 
 def _install_shipped(target: Path, weights: Path, say: Callable[[str], None]) -> Bundle:
-    """The shipped export plus the weights, assembled beside the target and renamed into
-    place, so a half-copied bundle is never found."""
-    stage = target.with_name(target.name + ".partial")
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
-    for name in SHIPPED_FILES:
-        shutil.copyfile(SHIPPED / name, stage / name)
-    shutil.copyfile(weights, stage / "weights.safetensors")
-    stage.replace(target)
-    say(f"default bundle installed at {target} (shipped export, no torch needed)")
+    """The shipped export plus the weights, assembled in a directory of this process's own and
+    renamed into place, so a half-copied bundle is never found; when another process (a
+    `calibrate` beside a `run`) got there first, its bundle is used."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=target.parent, prefix=target.name + ".partial-"))
+    try:
+        for name in SHIPPED_FILES:
+            shutil.copyfile(SHIPPED / name, stage / name)
+        shutil.copyfile(weights, stage / "weights.safetensors")
+        for attempt in (1, 2):
+            try:
+                stage.replace(target)
+                say(f"default bundle installed at {target} (shipped export, no torch needed)")
+                break
+            except OSError:  # the target exists: another process's, or a broken leftover
+                try:
+                    return Bundle.load(target)
+                except BundleError:
+                    if attempt == 2:
+                        raise
+                    shutil.rmtree(target, ignore_errors=True)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # gone already when it was renamed
     return Bundle.load(target)
