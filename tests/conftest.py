@@ -7,6 +7,17 @@ from edge.cli import main
 
 TINY_CONFIG = Path(__file__).parent / "data" / "tiny_model.yaml"
 
+# The first lines of a `python -c` script that must run as on a device without torch: any
+# import of it fails.
+NO_TORCH = """
+import sys
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, NoTorch())
+"""
+
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:

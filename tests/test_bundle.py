@@ -8,6 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from conftest import NO_TORCH
 from edge.backends import BackendError, Capabilities, choose, load_backend
 from edge.bundle import CONTRACT_KEY, Bundle, BundleError, onnx_metadata
 from edge.cli import main
@@ -211,13 +212,7 @@ def test_eval_through_the_bundle_reproduces_the_torch_table(bundle_dir, tiny_run
 
 def test_edge_runs_a_bundle_without_torch(bundle_dir):
     """The daemon's side of the contract, in a process where torch cannot be imported."""
-    code = textwrap.dedent(f"""
-        import sys
-        class NoTorch:
-            def find_spec(self, name, path=None, target=None):
-                if name == "torch" or name.startswith("torch."):
-                    raise ImportError("torch is blocked in this test")
-        sys.meta_path.insert(0, NoTorch())
+    code = NO_TORCH + textwrap.dedent(f"""
         import numpy as np
         from edge.bundle import Bundle
         from edge.backends import load_backend

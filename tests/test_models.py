@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from conftest import NO_TORCH
 from edge.bundle import Bundle
 from edge.models import SHIPPED, default_settings, default_weights, shipped_matches
 
@@ -43,13 +44,7 @@ def test_the_shipped_graph_reproduces_the_current_torch_pipeline():
 
 
 def test_the_default_bundle_installs_and_runs_without_torch(tmp_path):
-    code = textwrap.dedent(f"""
-        import sys
-        class NoTorch:
-            def find_spec(self, name, path=None, target=None):
-                if name == "torch" or name.startswith("torch."):
-                    raise ImportError("torch is blocked in this test")
-        sys.meta_path.insert(0, NoTorch())
+    code = NO_TORCH + textwrap.dedent(f"""
         import numpy as np
         from edge.backends import load_backend
         from edge.models import default_bundle
