@@ -15,8 +15,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-console = Console(stderr=True)
-out = Console()
+# Off a terminal (a pipe, a file, journald) rich would squeeze tables to 80 columns.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+out = Console(width=None if sys.stdout.isatty() else 160)
 
 
 class UsageError(Exception):

@@ -9,11 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from rich.console import Console
 from rich.markup import escape
 
-console = Console(stderr=True)
-out = Console()
+from .cli import console, out
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")  # edge.backends.KINDS, without importing it
 REPO_DEFAULT = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
