@@ -11,9 +11,9 @@ from pathlib import Path
 
 from rich.markup import escape
 
+from .backends import KINDS as BACKENDS  # no torch, no onnxruntime: names only
 from .cli import console, out
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")  # edge.backends.KINDS, without importing it
 REPO_DEFAULT = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
 

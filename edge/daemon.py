@@ -237,6 +237,17 @@ class Daemon:
                      "normal frames")
 
     def _finish_calibration(self, cam: CameraRuntime) -> None:
+        """Fit on the collected frames; a fit or a write that fails refuses the camera."""
+        try:
+            self._fit_calibration(cam)
+        except CalibrationError as e:
+            self._calibration_failed(cam, str(e))
+
+    def _calibration_failed(self, cam: CameraRuntime, reason: str) -> None:
+        cam.refused = reason
+        log.error("camera %s: calibration failed: %s", cam.name, reason)
+
+    def _fit_calibration(self, cam: CameraRuntime) -> None:
         c = self.config.calibration
         features = np.stack(cam.collecting)
         fps = cam.cfg.fps or max(cam.processed.per_second(time.monotonic()), 1.0)
@@ -311,18 +322,15 @@ class Daemon:
             if cam.collecting is None or cam.refused or not cam.source.exhausted():
                 continue
             n = len(cam.collecting)
-            try:
-                if n < MIN_CALIBRATION_FRAMES:
-                    raise CalibrationError(
-                        f"the source ended after {n} processed frames; calibration needs at "
-                        f"least {MIN_CALIBRATION_FRAMES} (use a longer clip, on_end: loop, or a "
-                        "higher fps cap)")
-                log.warning("camera %s: the source ended; calibrating on the %d frames it gave",
-                            cam.name, n)
-                self._finish_calibration(cam)
-            except CalibrationError as e:
-                cam.refused = str(e)
-                log.error("camera %s: calibration failed: %s", cam.name, e)
+            if n < MIN_CALIBRATION_FRAMES:
+                self._calibration_failed(
+                    cam, f"the source ended after {n} processed frames; calibration needs at "
+                    f"least {MIN_CALIBRATION_FRAMES} (use a longer clip, on_end: loop, or a "
+                    "higher fps cap)")
+                continue
+            log.warning("camera %s: the source ended; calibrating on the %d frames it gave",
+                        cam.name, n)
+            self._finish_calibration(cam)
 
     def _gather(self) -> list[tuple[CameraRuntime, Frame]]:
         batch = []
@@ -360,11 +368,7 @@ class Daemon:
         if self.on_progress:
             self.on_progress(cam.name, len(cam.collecting), self.calibration_frames)
         if len(cam.collecting) >= self.calibration_frames:
-            try:
-                self._finish_calibration(cam)
-            except CalibrationError as e:
-                cam.refused = str(e)
-                log.error("camera %s: calibration failed: %s", cam.name, e)
+            self._finish_calibration(cam)
 
     def _score(self, cam: CameraRuntime, frame: Frame, features: np.ndarray, maps: np.ndarray) -> None:
         tile_scores = cam.calibration.tile_scores(features)

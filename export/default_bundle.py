@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from edge.bundle import Bundle
-from edge.models import SHIPPED, SHIPPED_FILES, default_settings, default_weights
+from edge.models import SHIPPED, SHIPPED_FILES, default_settings, default_spec, default_weights
 
 from .bundle_export import export_bundle
 from .checkpoint import load_checkpoint
@@ -25,9 +25,7 @@ from .schedule import ReducedSchedule
 def export_default(out: str | Path, parity_n: int = 64, log=print) -> Bundle:
     s = default_settings()
     weights = default_weights()
-    variant, _, trajectory = s["variant"].partition("/")
-    spec = FeatureSpec(variant, trajectory or "inversion", s.get("lam", 1.0),
-                       s.get("ssim_sigma", 1.5))
+    spec = FeatureSpec(**default_spec(s))
     cfg = load_checkpoint(weights).config
     sched = ReducedSchedule(cfg.noise_schedule, cfg.diffusion_steps, tuple(s["timesteps"]))
     return export_bundle(weights, out, spec, sched, parity_n=parity_n, log=log).bundle

@@ -144,7 +144,7 @@ def accept_engine(bundle: Bundle, entry: dict, report) -> bool:
     return report.passed
 
 
-def verify_engine(bundle: Bundle, entry: dict, cuda_graphs: bool = True, log=print):
+def verify_engine(bundle: Bundle, entry: dict, log=print):
     """Run a freshly built engine on the images recorded at export, with the tolerances of
     its precision."""
     from ..parity import compare
@@ -154,7 +154,7 @@ def verify_engine(bundle: Bundle, entry: dict, cuda_graphs: bool = True, log=pri
         raise BackendError(f"{bundle.root} has no parity.npz, so a new engine cannot be "
                            "checked; re-export the bundle")
     backend = TensorRTBackend(bundle, int(entry["max_batch"]), entry["precision"],
-                              cuda_graphs=cuda_graphs, entry=entry, log=log)
+                              entry=entry, log=log)
     try:
         feats, maps = backend(ref["images"])
     finally:

@@ -27,6 +27,13 @@ def default_settings() -> dict:
     return json.loads(CARD.read_text())
 
 
+def default_spec(settings: dict) -> dict:
+    """The feature spec default.json asks for, as a bundle manifest records it."""
+    variant, _, trajectory = settings["variant"].partition("/")
+    return {"variant": variant, "trajectory": trajectory or "inversion",
+            "lam": settings.get("lam", 1.0), "ssim_sigma": settings.get("ssim_sigma", 1.5)}
+
+
 def default_weights() -> Path:
     return HERE / default_settings()["weights"]
 
@@ -65,15 +72,11 @@ def shipped_matches(settings: dict) -> bool:
     """Whether default-bundle/ is the export of these weights with these settings."""
     try:
         m = json.loads((SHIPPED / "manifest.json").read_text())
-        variant, _, trajectory = settings["variant"].partition("/")
-        spec = m["features"]["spec"]
+        shipped = m["features"]["spec"]
         return (all((SHIPPED / f).is_file() for f in SHIPPED_FILES)
                 and m["model"]["weights_sha256"] == settings["sha256"]
                 and m["schedule"]["timesteps"] == settings["timesteps"]
-                and spec["variant"] == variant
-                and spec["trajectory"] == (trajectory or "inversion")
-                and spec["lam"] == settings.get("lam", 1.0)
-                and spec["ssim_sigma"] == settings.get("ssim_sigma", 1.5))
+                and all(shipped[k] == v for k, v in default_spec(settings).items()))
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
