@@ -29,12 +29,12 @@ def timed(fn, images, repeats: int) -> float:
 
 
 def main() -> int:
-    from edge.backends import load_backend
-    from edge.bundle import Bundle
-    from edge.datasets import load_images
-    from export.bundle_export import build_pipeline, export_bundle
-    from export.checkpoint import load_checkpoint
-    from export.features import FeatureSpec
+    from pathwatch.edge.backends import load_backend
+    from pathwatch.edge.bundle import Bundle
+    from pathwatch.edge.datasets import load_images
+    from pathwatch.export.bundle_export import build_pipeline, export_bundle
+    from pathwatch.export.checkpoint import load_checkpoint
+    from pathwatch.export.features import FeatureSpec
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default="edge/models/default.safetensors")
@@ -54,7 +54,7 @@ def main() -> int:
                                        log=lambda m: None).bundle.root)
     loaded = load_checkpoint(a.checkpoint)
     sched_info = bundle.manifest["schedule"]
-    from export.schedule import ReducedSchedule
+    from pathwatch.export.schedule import ReducedSchedule
     sched = ReducedSchedule(sched_info["kind"], sched_info["steps"], tuple(sched_info["timesteps"]))
     float_graph = tmp / "float.onnx"
     float_pipe = build_pipeline(loaded, sched, spec)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 
 def main() -> int:
-    from edge.demo import DemoScene
-    from edge.subscriber import AlertSubscriber
+    from pathwatch.edge.demo import DemoScene
+    from pathwatch.edge.subscriber import AlertSubscriber
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=240.0)
@@ -42,7 +42,7 @@ cameras:
     # Subscribe first: the demo's clock starts at the camera's `connecting` status.
     sub = AlertSubscriber(f"ipc://{tmp}/pub.sock", f"ipc://{tmp}/replay.sock",
                           topics=("alert.", "status.", "heartbeat"))
-    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(config)],
+    proc = subprocess.Popen([sys.executable, "-m", "pathwatch.cli", "run", "--config", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
                             env={**os.environ})
     scene_start, beats, starts = None, [], []

@@ -21,7 +21,7 @@ import numpy as np
 
 def run_stream(scene, backend, grid, calibration, policy, seconds: float, fps: float,
                start_s: float = 0.0):
-    from edge.alerts import AlertTracker
+    from pathwatch.edge.alerts import AlertTracker
 
     tracker = AlertTracker("demo", policy)
     starts, scores = [], []
@@ -40,7 +40,7 @@ def run_stream(scene, backend, grid, calibration, policy, seconds: float, fps: f
 
 
 def calibrate(scene, backend, grid, bundle, frames: int, fps: float, policy_cfg: dict):
-    from edge.calibration import fit_calibration
+    from pathwatch.edge.calibration import fit_calibration
 
     step = max(1, int(round(scene.fps / fps)))
     feats = np.stack([backend(grid.cut(scene.frame(i * step)[0]))[0] for i in range(frames)])
@@ -49,12 +49,12 @@ def calibrate(scene, backend, grid, bundle, frames: int, fps: float, policy_cfg:
 
 
 def main() -> int:
-    from edge.alerts import AlertPolicy
-    from edge.backends import load_backend
-    from edge.bundle import Bundle
-    from edge.demo import DemoScene
-    from edge.models import default_bundle
-    from edge.tiles import TileGrid
+    from pathwatch.edge.alerts import AlertPolicy
+    from pathwatch.edge.backends import load_backend
+    from pathwatch.edge.bundle import Bundle
+    from pathwatch.edge.demo import DemoScene
+    from pathwatch.edge.models import default_bundle
+    from pathwatch.edge.tiles import TileGrid
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", help="bundle directory (default: the embedded default model)")

@@ -54,12 +54,12 @@ def main() -> int:
 
     import yaml
 
-    from edge.datasets import load_images, to_model_input
-    from export.checkpoint import load_checkpoint, read_config_file
-    from export.features import POWER_NAMES, FeatureSpec
-    from export.pipeline import DiffPathPipeline
-    from export.schedule import ReducedSchedule
-    from export.unet import UNetModel
+    from pathwatch.edge.datasets import load_images, to_model_input
+    from pathwatch.export.checkpoint import load_checkpoint, read_config_file
+    from pathwatch.export.features import POWER_NAMES, FeatureSpec
+    from pathwatch.export.pipeline import DiffPathPipeline
+    from pathwatch.export.schedule import ReducedSchedule
+    from pathwatch.export.unet import UNetModel
 
     cfg_dict = yaml.safe_load(open(a.config))
     if a.checkpoint:

@@ -20,13 +20,9 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
+from .clock import iso_time
+
 STATES = ("start", "update", "end")
-
-
-def iso_time(t: float) -> str:
-    """Epoch seconds -> ISO-8601 UTC with milliseconds and a Z, the wire format's time."""
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
 
 
 def _finite_or_none(x: float | None, digits: int) -> float | None:

@@ -22,13 +22,13 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from datetime import datetime, timezone
 
 import cv2
 import numpy as np
 import zmq
 
-from .alerts import AlertEvent, iso_time
+from .alerts import AlertEvent
+from .clock import iso_now
 from .journal import Journal, check_since, dumps_header
 
 SCHEMA = 1
@@ -36,15 +36,11 @@ REPLAY_KEYS = {"since", "camera", "limit"}
 log = logging.getLogger("pathwatch.publisher")
 
 __all__ = ["SCHEMA", "AlertBus", "Publisher", "PublisherError", "ReplayServer", "encode_jpeg",
-           "encode_png", "iso_now", "iso_time"]
+           "encode_png"]
 
 
 class PublisherError(RuntimeError):
     """A socket that cannot be bound; says which address and what to do."""
-
-
-def iso_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _check_image(image, what: str) -> np.ndarray:

@@ -25,6 +25,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from .clock import RateMeter
+
 log = logging.getLogger("pathwatch.sources")
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -286,8 +288,8 @@ class CameraSource:
         self._thread: threading.Thread | None = None
         self._queue: collections.deque[Frame] = collections.deque()
         self._counts = {"frames": 0, "read": 0, "skipped": 0, "dropped": 0, "reconnects": 0}
-        self._read_times: collections.deque[float] = collections.deque(maxlen=1024)
-        self._delivered_times: collections.deque[float] = collections.deque(maxlen=1024)
+        self._read_rate = RateMeter(RATE_WINDOW_S)
+        self._delivered_rate = RateMeter(RATE_WINDOW_S)
         self._last_frame: float | None = None
         self._last_error: str | None = None
         self._state = "offline"
@@ -355,8 +357,8 @@ class CameraSource:
         with self._lock:
             now = time.monotonic()
             return {"state": self._state, **self._counts,
-                    "camera_fps": _rate(self._read_times, now),
-                    "delivered_fps": _rate(self._delivered_times, now),
+                    "camera_fps": self._read_rate.per_second(now),
+                    "delivered_fps": self._delivered_rate.per_second(now),
                     "last_frame_age_s": None if self._last_frame is None else round(now - self._last_frame, 2),
                     "last_error": self._last_error}
 
@@ -480,7 +482,7 @@ class CameraSource:
             frame = Frame(self.name, index, time.time(), now, image, labels)
         with self._lock:
             self._counts["read"] += 1
-            self._read_times.append(now)
+            self._read_rate.tick(now)
             self._last_frame = now
             if frame is None:
                 self._counts["skipped"] += 1
@@ -490,7 +492,7 @@ class CameraSource:
                 self._counts["dropped"] += 1
             self._queue.append(frame)
             self._counts["frames"] += 1
-            self._delivered_times.append(now)
+            self._delivered_rate.tick(now)
             self._lock.notify_all()
 
 
@@ -499,12 +501,3 @@ def _release(cap) -> None:
         cap.release()
     except Exception:  # releasing a broken capture can fail; nothing is lost by ignoring it
         pass
-
-
-def _rate(times: collections.deque, now: float, window: float = RATE_WINDOW_S) -> float:
-    """Events per second over the last `window` seconds; falls to 0 when they stop coming."""
-    recent = [t for t in times if t >= now - window]
-    if len(recent) < 2:
-        return 0.0
-    span = max(recent[-1] - recent[0], now - recent[0] - (recent[-1] - recent[0]) / (len(recent) - 1))
-    return round((len(recent) - 1) / max(span, 1e-6), 2)

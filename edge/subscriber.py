@@ -23,7 +23,8 @@ from typing import Iterator
 import zmq
 
 from .journal import check_since
-from .publisher import SCHEMA, iso_now
+from .clock import iso_now
+from .publisher import SCHEMA
 
 
 class ReplayUnavailable(RuntimeError):

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge.bundle import (CONTRACT_KEY, FORMAT, FORMAT_VERSION, GRAPH, PARITY, WEIGHTS, Bundle,
+from pathwatch.edge.bundle import (CONTRACT_KEY, FORMAT, FORMAT_VERSION, GRAPH, PARITY, WEIGHTS, Bundle,
                          canonical, contract_of, sha256_of, write_json_atomic)
-from edge.datasets import load_images
-from edge.evaluation import default_density
-from edge.parity import ParityReport, compare
+from pathwatch.edge.datasets import load_images
+from pathwatch.edge.evaluation import default_density
+from pathwatch.edge.parity import ParityReport, compare
 
 from .checkpoint import LoadedModel, load_checkpoint, save_checkpoint
 from .features import FeatureSpec
@@ -110,7 +110,7 @@ def torch_outputs(pipeline: DiffPathPipeline, images: np.ndarray, batch: int = 6
 
 def run_parity(bundle: Bundle, images: np.ndarray, ref_f: np.ndarray, ref_h: np.ndarray,
                threads: int | None = None) -> ParityReport:
-    from edge.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from pathwatch.edge.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     backend = OnnxRuntimeBackend(bundle, max_batch=64, threads=threads,
                                  providers=["CPUExecutionProvider"])

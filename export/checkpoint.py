@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from edge.bundle import sha256_of
+from pathwatch.edge.bundle import sha256_of
 
 from .unet import ModelConfig, UNetModel
 

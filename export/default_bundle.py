@@ -1,7 +1,7 @@
 """The embedded default model's bundle: exported from edge/models/default.safetensors with the
 settings in edge/models/default.json.
 
-    python -m export.default_bundle      # regenerate edge/models/default-bundle/
+    python -m pathwatch.export.default_bundle      # regenerate edge/models/default-bundle/
 
 The package ships that export (manifest, graph, parity references; the weights are already
 there), so the daemon runs the default model where torch is not installed. Run this after
@@ -13,8 +13,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from edge.bundle import Bundle
-from edge.models import SHIPPED, SHIPPED_FILES, default_settings, default_spec, default_weights
+from pathwatch.edge.bundle import Bundle
+from pathwatch.edge.models import SHIPPED, SHIPPED_FILES, default_settings, default_spec, default_weights
 
 from .bundle_export import export_bundle
 from .checkpoint import load_checkpoint

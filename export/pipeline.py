@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from edge.datasets import to_model_input
+from pathwatch.edge.datasets import to_model_input
 
 from .features import FeatureSpec, features_from_path, path_for, ssim_dissimilarity
 from .paths import eps_fn_for

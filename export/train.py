@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from edge.datasets import load_images, to_model_input
+from pathwatch.edge.datasets import load_images, to_model_input
 
 from .checkpoint import save_checkpoint
 from .paths import ddim_sample, eps_fn_for, training_loss

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.cli import main
+from pathwatch.cli import main
 
 TINY_CONFIG = Path(__file__).parent / "data" / "tiny_model.yaml"
 

@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from export.schedule import beta_schedule
+from pathwatch.export.schedule import beta_schedule
 
 
 def reference_inversion(eps_fn, x0, steps, taus, kind="cosine", clip=True):
@@ -35,7 +35,7 @@ def reference_6d(eps):
 
 def random_unet(config):
     """A UNet with every weight random (the zero-initialised layers would hide wiring)."""
-    from export.unet import UNetModel
+    from pathwatch.export.unet import UNetModel
 
     torch.manual_seed(0)
     m = UNetModel(config).eval()

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from edge.alerts import AlertPolicy, AlertTracker
+from pathwatch.edge.alerts import AlertPolicy, AlertTracker
 
 THR = 1.0
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import NO_TORCH
-from edge.backends import BackendError, Capabilities, choose, load_backend
-from edge.bundle import CONTRACT_KEY, Bundle, BundleError, onnx_metadata
-from edge.cli import main
+from pathwatch.edge.backends import BackendError, Capabilities, choose, load_backend
+from pathwatch.edge.bundle import CONTRACT_KEY, Bundle, BundleError, onnx_metadata
+from pathwatch.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +48,11 @@ def test_onnx_graph_passes_checker_and_has_dynamic_batch(bundle_dir):
 def test_onnxruntime_matches_torch_on_real_images(tiny_run, bundle_dir):
     import torch
 
-    from edge.datasets import load_images
-    from export.bundle_export import build_pipeline
-    from export.checkpoint import load_checkpoint
-    from export.features import FeatureSpec
-    from export.schedule import ReducedSchedule
+    from pathwatch.edge.datasets import load_images
+    from pathwatch.export.bundle_export import build_pipeline
+    from pathwatch.export.checkpoint import load_checkpoint
+    from pathwatch.export.features import FeatureSpec
+    from pathwatch.export.schedule import ReducedSchedule
 
     images = load_images("digits", 16, 40, seed=3).images
     loaded = load_checkpoint(tiny_run)
@@ -172,8 +172,8 @@ def test_auto_falls_back_when_tensorrt_cannot_load(bundle_dir):
 
 
 def test_an_engine_is_recorded_only_if_it_passed_parity(bundle_dir, tmp_path):
-    from edge.backends.tensorrt_backend import accept_engine
-    from edge.parity import compare
+    from pathwatch.edge.backends.tensorrt_backend import accept_engine
+    from pathwatch.edge.parity import compare
 
     b = Bundle.load(_copy(bundle_dir, tmp_path))
     ref = b.parity_reference()
@@ -214,9 +214,9 @@ def test_edge_runs_a_bundle_without_torch(bundle_dir):
     """The daemon's side of the contract, in a process where torch cannot be imported."""
     code = NO_TORCH + textwrap.dedent(f"""
         import numpy as np
-        from edge.bundle import Bundle
-        from edge.backends import load_backend
-        from edge.cli import main
+        from pathwatch.edge.bundle import Bundle
+        from pathwatch.edge.backends import load_backend
+        from pathwatch.cli import main
         b = Bundle.load({str(bundle_dir)!r})
         backend = load_backend(b, "auto", log=print)
         f, h = backend(np.zeros((3, 16, 16, 3), np.uint8))
@@ -235,12 +235,12 @@ def test_torch_cuda_backend_matches_recorded_outputs(bundle_dir):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
-    from edge.parity import compare
+    from pathwatch.edge.parity import compare
 
     b = Bundle.load(bundle_dir)
     ref = b.parity_reference()
     for fp16 in (False, True):
-        from edge.backends.torch_backend import TorchBackend
+        from pathwatch.edge.backends.torch_backend import TorchBackend
         backend = TorchBackend(b, 64, device="cuda", fp16=fp16)
         f, h = backend(ref["images"])
         report = compare("torch-cuda", b.feature_names, ref["features"], ref["heatmap"], f, h,

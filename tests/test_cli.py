@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from edge.cli import main
+from pathwatch.cli import main
 
 
 def test_train_writes_a_complete_run(tiny_run):

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.config import (CameraConfig, Config, ConfigError, config_schema, config_summary,
+from pathwatch.edge.config import (CameraConfig, Config, ConfigError, config_schema, config_summary,
                          load_config, parse_config)
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -468,7 +468,7 @@ def test_schema_is_a_json_schema_with_the_sections():
 
 
 def test_config_check_warns_about_an_open_bind_and_a_missing_bundle(tmp_path, capsys):
-    from edge.cli import main
+    from pathwatch.cli import main
 
     path = tmp_path / "lan.yaml"
     path.write_text(textwrap.dedent(f"""\

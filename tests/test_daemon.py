@@ -12,7 +12,7 @@ import pytest
 from skimage import data
 
 from conftest import daemon_config
-from edge.subscriber import AlertSubscriber
+from pathwatch.edge.subscriber import AlertSubscriber
 
 FPS, CALIB, NORMAL, ANOMALY, TAIL = 10, 30, 30, 30, 70
 
@@ -37,7 +37,7 @@ def write_scene_video(path):
 
 
 def launch(config):
-    return subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(config)],
+    return subprocess.Popen([sys.executable, "-m", "pathwatch.cli", "run", "--config", str(config)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -165,12 +165,12 @@ def test_camera_without_calibration_is_refused_when_auto_calibration_is_off(tmp_
 def test_bad_config_is_one_line_and_exit_code_2(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("cameras:\n  - name: cam\n    source: demo\n    fsp: 5\n")
-    res = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--config", str(bad)],
+    res = subprocess.run([sys.executable, "-m", "pathwatch.cli", "run", "--config", str(bad)],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "bad.yaml:4: cameras[0].fsp: unknown key (did you mean fps?)" in lines[0]
-    res = subprocess.run([sys.executable, "-m", "edge.cli", "config", "check", str(bad)],
+    res = subprocess.run([sys.executable, "-m", "pathwatch.cli", "config", "check", str(bad)],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "fsp" in res.stderr
 
@@ -178,7 +178,7 @@ def test_bad_config_is_one_line_and_exit_code_2(tmp_path):
 def test_calibrate_command_writes_a_calibration(tmp_path, tiny_bundle, scene_video):
     video, _ = scene_video
     config = daemon_config(tmp_path, tiny_bundle, str(video))
-    res = subprocess.run([sys.executable, "-m", "edge.cli", "calibrate", "--camera", "cam",
+    res = subprocess.run([sys.executable, "-m", "pathwatch.cli", "calibrate", "--camera", "cam",
                           "--config", str(config), "--frames", "25"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
@@ -186,7 +186,7 @@ def test_calibrate_command_writes_a_calibration(tmp_path, tiny_bundle, scene_vid
     assert cal["frames"]["total"] == 25 and cal["threshold"]["value"] > 0
     assert "threshold" in res.stdout
     assert "held-out frames are few" in res.stderr  # 25 frames: 8 held out
-    again = subprocess.run([sys.executable, "-m", "edge.cli", "calibrate", "--camera", "cam",
+    again = subprocess.run([sys.executable, "-m", "pathwatch.cli", "calibrate", "--camera", "cam",
                             "--config", str(config), "--frames", "25"],
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "replaced a calibration of 25 frames" in again.stdout
@@ -198,7 +198,7 @@ def test_calibrate_says_so_when_it_cannot_calibrate(tmp_path, tiny_bundle, scene
 
     def calibrate(*args, **camera):
         config = daemon_config(tmp_path, tiny_bundle, str(video), **camera)
-        return subprocess.run([sys.executable, "-m", "edge.cli", "calibrate", "--camera", "cam",
+        return subprocess.run([sys.executable, "-m", "pathwatch.cli", "calibrate", "--camera", "cam",
                                "--config", str(config), *args],
                               capture_output=True, text=True, timeout=120)
 
@@ -221,16 +221,16 @@ def test_an_unwritable_or_damaged_calibration_refuses_the_camera_not_the_daemon(
     (tmp_path / "taken").write_text("a file where a folder should be")
     config = daemon_config(tmp_path, tiny_bundle, str(video),
                            calibration=str(tmp_path / "taken" / "cam.json"))
-    res = subprocess.run([sys.executable, "-m", "edge.cli", "calibrate", "--camera", "cam",
+    res = subprocess.run([sys.executable, "-m", "pathwatch.cli", "calibrate", "--camera", "cam",
                           "--config", str(config), "--frames", "25"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert f"cannot write {tmp_path / 'taken' / 'cam.json'}" in res.stderr
-    from edge.calibration import Calibration, CalibrationError
+    from pathwatch.edge.calibration import Calibration, CalibrationError
 
     good = tmp_path / "good.json"
     config = daemon_config(tmp_path, tiny_bundle, str(video), calibration=str(good))
-    assert subprocess.run([sys.executable, "-m", "edge.cli", "calibrate", "--camera", "cam",
+    assert subprocess.run([sys.executable, "-m", "pathwatch.cli", "calibrate", "--camera", "cam",
                            "--config", str(config), "--frames", "25"],
                           capture_output=True, text=True, timeout=120).returncode == 0
     data = json.loads(good.read_text())

@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge import datasets
-from edge.datasets import ImageSet, dataset_names, load_images, to_model_input
+from pathwatch.edge import datasets
+from pathwatch.edge.datasets import ImageSet, dataset_names, load_images, to_model_input
 
 SIZE = 32
 HAVE_FMNIST = (Path(datasets.fmnist_dir()) / "t10k-images-idx3-ubyte.gz").is_file()

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.demo import DEFAULT_SCRIPT_TIMES, KINDS, DemoCapture, DemoScene, check_options
+from pathwatch.edge.demo import DEFAULT_SCRIPT_TIMES, KINDS, DemoCapture, DemoScene, check_options
 
 SCENE = DemoScene(seed=0)
 NORMAL = DemoScene(seed=0, script="normal")  # the same noise and jitter, never an anomaly

@@ -10,7 +10,7 @@ from sklearn.neighbors import KernelDensity
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from edge.density import (COVARIANCE_TYPES, GaussianKDE, GaussianMixtureDensity, fit_gmm,
+from pathwatch.edge.density import (COVARIANCE_TYPES, GaussianKDE, GaussianMixtureDensity, fit_gmm,
                           fit_kde, load_density)
 
 ATOL = 1e-6

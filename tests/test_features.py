@@ -4,11 +4,11 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from export.features import FeatureSpec, features_from_path, power_sums
-from export.paths import ddim_inversion, eps_fn_for
-from export.pipeline import DiffPathPipeline, features_for_specs
-from export.schedule import ReducedSchedule
-from export.unet import preset_config
+from pathwatch.export.features import FeatureSpec, features_from_path, power_sums
+from pathwatch.export.paths import ddim_inversion, eps_fn_for
+from pathwatch.export.pipeline import DiffPathPipeline, features_for_specs
+from pathwatch.export.schedule import ReducedSchedule
+from pathwatch.export.unet import preset_config
 from reference import random_unet, reference_6d, reference_inversion
 
 

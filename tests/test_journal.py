@@ -6,7 +6,7 @@ import threading
 import numpy as np
 import pytest
 
-from edge.journal import Journal, JournalError
+from pathwatch.edge.journal import Journal, JournalError
 
 
 def append(j, camera, state="start", attachments=()):

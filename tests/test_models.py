@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 
 from conftest import NO_TORCH
-from edge.bundle import Bundle
-from edge.models import SHIPPED, default_settings, default_weights, shipped_matches
+from pathwatch.edge.bundle import Bundle
+from pathwatch.edge.models import SHIPPED, default_settings, default_weights, shipped_matches
 
 
 def test_the_shipped_export_is_the_default_weights_with_the_default_settings():
     assert shipped_matches(default_settings()), (
-        "edge/models/default-bundle is stale: run `python -m export.default_bundle`")
+        "edge/models/default-bundle is stale: run `python -m pathwatch.export.default_bundle`")
 
 
 def test_the_shipped_graph_reproduces_the_current_torch_pipeline():
@@ -21,11 +21,11 @@ def test_the_shipped_graph_reproduces_the_current_torch_pipeline():
     writes: its recorded images are run through today's torch module and compared."""
     import torch
 
-    from edge.parity import compare
-    from export.bundle_export import build_pipeline
-    from export.checkpoint import load_checkpoint
-    from export.features import FeatureSpec
-    from export.schedule import ReducedSchedule
+    from pathwatch.edge.parity import compare
+    from pathwatch.export.bundle_export import build_pipeline
+    from pathwatch.export.checkpoint import load_checkpoint
+    from pathwatch.export.features import FeatureSpec
+    from pathwatch.export.schedule import ReducedSchedule
 
     s = default_settings()
     shipped = SHIPPED / "parity.npz"
@@ -40,14 +40,14 @@ def test_the_shipped_graph_reproduces_the_current_torch_pipeline():
         f, h = pipe(torch.from_numpy(images))
     names = [f"f{i}" for i in range(feats.shape[1])]
     report = compare("torch-now", names, feats, maps, f.numpy(), h.numpy(), "fp32")
-    assert report.passed, (report.summary(), "run `python -m export.default_bundle`")
+    assert report.passed, (report.summary(), "run `python -m pathwatch.export.default_bundle`")
 
 
 def test_the_default_bundle_installs_and_runs_without_torch(tmp_path):
     code = NO_TORCH + textwrap.dedent(f"""
         import numpy as np
-        from edge.backends import load_backend
-        from edge.models import default_bundle
+        from pathwatch.edge.backends import load_backend
+        from pathwatch.edge.models import default_bundle
         b = default_bundle({str(tmp_path)!r}, print)
         f, h = load_backend(b, "onnxruntime", log=print)(np.zeros((2, 32, 32, 3), np.uint8))
         assert f.shape == (2, len(b.feature_names)) and h.shape == (2, 32, 32)

@@ -2,9 +2,9 @@
 import numpy as np
 import torch
 
-from export.paths import ddim_inversion, ddim_sample, eps_fn_for, fixed_noise, forward_path
-from export.schedule import ReducedSchedule
-from export.unet import preset_config
+from pathwatch.export.paths import ddim_inversion, ddim_sample, eps_fn_for, fixed_noise, forward_path
+from pathwatch.export.schedule import ReducedSchedule
+from pathwatch.export.unet import preset_config
 from reference import random_unet, reference_inversion
 
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import zmq
 
-from edge.alerts import AlertPolicy, AlertTracker
-from edge.journal import Journal
-from edge.publisher import (AlertBus, Publisher, PublisherError, ReplayServer, encode_jpeg,
+from pathwatch.edge.alerts import AlertPolicy, AlertTracker
+from pathwatch.edge.journal import Journal
+from pathwatch.edge.publisher import (AlertBus, Publisher, PublisherError, ReplayServer, encode_jpeg,
                             encode_png)
-from edge.subscriber import AlertSubscriber, tail_main
+from pathwatch.edge.subscriber import AlertSubscriber, tail_main
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 SNAPSHOT = encode_jpeg(np.full((48, 64, 3), 90, np.uint8))

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from export.schedule import ReducedSchedule, beta_schedule, ddim_timesteps
+from pathwatch.export.schedule import ReducedSchedule, beta_schedule, ddim_timesteps
 
 
 def test_ddim_striding_is_improved_diffusion_convention():
@@ -38,7 +38,7 @@ def test_reduced_schedule_tables():
 
 
 def test_placements():
-    from export.schedule import placed_timesteps
+    from pathwatch.export.schedule import placed_timesteps
 
     assert placed_timesteps(1000, 3, "uniform") == [0, 334, 668]
     assert placed_timesteps(1000, 3, "quadratic") == [0, 111, 444]

@@ -5,12 +5,12 @@ import time
 import pytest
 import zmq
 
-from edge.alerts import AlertPolicy, AlertTracker
-from edge.cli import main
-from edge.journal import Journal
-from edge.publisher import AlertBus, Publisher, ReplayServer
-from edge.security import CurveServer, SecurityError, client_options, generate_keys, load_secret
-from edge.subscriber import AlertSubscriber, ReplayUnavailable
+from pathwatch.edge.alerts import AlertPolicy, AlertTracker
+from pathwatch.cli import main
+from pathwatch.edge.journal import Journal
+from pathwatch.edge.publisher import AlertBus, Publisher, ReplayServer
+from pathwatch.edge.security import CurveServer, SecurityError, client_options, generate_keys, load_secret
+from pathwatch.edge.subscriber import AlertSubscriber, ReplayUnavailable
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.demo import DemoScene
-from edge.sources import CameraSource, SourceError, open_capture, parse_source
+from pathwatch.edge.demo import DemoScene
+from pathwatch.edge.sources import CameraSource, SourceError, open_capture, parse_source
 
 
 def write_video(path, frames=20, fps=20.0, size=(64, 48)):

@@ -5,7 +5,7 @@ import torch
 from skimage import data
 from skimage.metrics import structural_similarity
 
-from export.ssim import ssim_map, ssim_window_size
+from pathwatch.export.ssim import ssim_map, ssim_window_size
 
 
 def _pair(seed=0):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.systemd import Notifier
+from pathwatch.edge.systemd import Notifier
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "pathwatch.service"
 
@@ -63,7 +63,7 @@ def test_notifier_rate_limits_watchdog_pings(tmp_path):
 def test_daemon_notifies_ready_then_watchdog_and_stops_pinging_when_stuck(tmp_path, default_env):
     sock, path = _socket(tmp_path)
     env = {**default_env, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"}
-    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config",
+    proc = subprocess.Popen([sys.executable, "-m", "pathwatch.cli", "run", "--config",
                              str(default_env["PATHWATCH_TEST_CONFIG"])], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -90,7 +90,7 @@ def test_log_lines_for_journald_carry_the_priority(tmp_path):
     '<priority>LEVEL message'; an inherited variable that names another stream is ignored."""
     script = textwrap.dedent("""
         import logging, os, sys
-        from edge.cli_daemon import setup_logging
+        from pathwatch.cli.daemon_commands import setup_logging
         st = os.fstat(2)
         os.environ["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino + int(sys.argv[1])}"
         setup_logging("info", "text")

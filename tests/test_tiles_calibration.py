@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from skimage import data
 
-from edge.calibration import (Calibration, CalibrationError, choose_threshold, fit_calibration,
+from pathwatch.edge.calibration import (Calibration, CalibrationError, choose_threshold, fit_calibration,
                               per_frame_exceedance)
-from edge.tiles import TileGrid, heatmap_image
+from pathwatch.edge.tiles import TileGrid, heatmap_image
 
 
 def frame() -> np.ndarray:

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from export.checkpoint import load_checkpoint
-from export.unet import ModelConfig, UNetModel, preset_config, timestep_embedding
+from pathwatch.export.checkpoint import load_checkpoint
+from pathwatch.export.unet import ModelConfig, UNetModel, preset_config, timestep_embedding
 
 DATA = Path(__file__).parent / "data"
 CONFIGS = Path(__file__).parents[1] / "configs" / "models"
@@ -19,7 +19,7 @@ def _layout(name: str) -> dict:
 @pytest.mark.parametrize("name,config", [("celeba32", "diffpath_celeba32.yaml"),
                                          ("imagenet64", "openai_imagenet64_uncond.yaml")])
 def test_state_dict_layout_matches_improved_diffusion(name, config):
-    from export.checkpoint import read_config_file
+    from pathwatch.export.checkpoint import read_config_file
 
     with torch.device("meta"):
         model = UNetModel(read_config_file(CONFIGS / config))

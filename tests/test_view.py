@@ -3,11 +3,11 @@ import time
 
 from rich.console import Console
 
-from edge.alerts import AlertPolicy, AlertTracker
-from edge.journal import Journal
-from edge.publisher import AlertBus, Publisher
-from edge.subscriber import AlertSubscriber
-from edge.view import Snapshot, render
+from pathwatch.edge.alerts import AlertPolicy, AlertTracker
+from pathwatch.edge.journal import Journal
+from pathwatch.edge.publisher import AlertBus, Publisher
+from pathwatch.edge.subscriber import AlertSubscriber
+from pathwatch.edge.view import Snapshot, render
 
 
 def text_of(renderable) -> str:
@@ -101,7 +101,7 @@ def test_keys_from_a_real_terminal_ignore_escape_sequences():
     import os
     import pty
 
-    from edge.view import Keys
+    from pathwatch.edge.view import Keys
 
     master, slave = pty.openpty()
     with os.fdopen(slave, "r") as stream, Keys(stream) as keys:

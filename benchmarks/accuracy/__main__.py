@@ -45,8 +45,8 @@ def _models(pairs: list[str], only: str | None) -> dict[str, str]:
 
 
 def cmd_run(args) -> int:
-    from edge.evaluation import FeatureCache
-    from export.checkpoint import load_checkpoint
+    from pathwatch.edge.evaluation import FeatureCache
+    from pathwatch.export.checkpoint import load_checkpoint
 
     from . import extract, score
     from .plan import DEMO, KS, SEEDS, SETS, TASKS, Scale, Schedule, schedules

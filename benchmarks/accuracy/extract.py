@@ -10,15 +10,15 @@ import time
 
 import numpy as np
 
-from edge.datasets import load_images
-from edge.evaluation import FeatureCache
+from pathwatch.edge.datasets import load_images
+from pathwatch.edge.evaluation import FeatureCache
 
 from .plan import DEMO, SETS, Schedule, placement_timesteps
 
 
 def extractor_for(loaded, sched: Schedule):
-    from export.pipeline import TorchExtractor
-    from export.schedule import ReducedSchedule
+    from pathwatch.export.pipeline import TorchExtractor
+    from pathwatch.export.schedule import ReducedSchedule
 
     cfg = loaded.config
     rs = ReducedSchedule(cfg.noise_schedule, cfg.diffusion_steps,
@@ -71,7 +71,7 @@ def pool_labels(set_name: str, limit: int) -> np.ndarray | None:
 
 def demo_frames(stride: int = 1) -> dict[str, list[int]]:
     """Frame indices of the demo camera: calibration, normal test, and each scripted event."""
-    from edge.demo import DemoScene
+    from pathwatch.edge.demo import DemoScene
 
     scene = DemoScene(*DEMO["size"], fps=DEMO["fps"])
     frames = {"calibration": list(DEMO["calibration_frames"])[::stride],
@@ -84,8 +84,8 @@ def demo_frames(stride: int = 1) -> dict[str, list[int]]:
 
 def demo_tiles(indices: list[int]) -> np.ndarray:
     """(frames * tiles, t, t, 3) tiles, cut exactly as the daemon cuts them."""
-    from edge.demo import DemoScene
-    from edge.tiles import TileGrid
+    from pathwatch.edge.demo import DemoScene
+    from pathwatch.edge.tiles import TileGrid
 
     scene = DemoScene(*DEMO["size"], fps=DEMO["fps"])
     grid = TileGrid(*DEMO["size"], 32, *DEMO["tiles"])

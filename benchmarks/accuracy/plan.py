@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from export.features import FeatureSpec
+from pathwatch.export.features import FeatureSpec
 
 KS = (1, 2, 3, 5, 10)
 SWEEP_KS = (3, 10)  # where the lambda / SSIM-window / trajectory / placement sweeps run
@@ -110,7 +110,7 @@ MAIN_VARIANTS = ("diffpath6d", "diffpath1d", "6d+ssim l=1 s=1.5", "amplified-eps
 
 def placement_timesteps(placement: str, k: int, steps: int = 1000) -> tuple[int, ...]:
     """uniform: the ddimK striding; quadratic: t_i = T (i/K)^2, denser near the clean image."""
-    from export.schedule import placed_timesteps
+    from pathwatch.export.schedule import placed_timesteps
 
     return tuple(placed_timesteps(steps, k, placement))
 

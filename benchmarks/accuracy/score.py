@@ -14,7 +14,7 @@ import multiprocessing as mp
 
 import numpy as np
 
-from edge.evaluation import ood_metrics
+from pathwatch.edge.evaluation import ood_metrics
 
 from .plan import (DEMO, DENSITY_SWEEP, KS, MAIN_VARIANTS, SUBSAMPLE, SWEEP_KS, TASKS, Schedule,
                    Task)
@@ -36,7 +36,7 @@ class Job:
 
 
 def fit_density(kind: str, x: np.ndarray, seed: int):
-    from edge.density import fit_gmm, fit_kde
+    from pathwatch.edge.density import fit_gmm, fit_kde
 
     if kind == "kde":
         return fit_kde(x, bandwidth="scott", standardize=True)
@@ -94,8 +94,8 @@ def run_job(job: Job) -> dict:
 
 def demo_job(job: Job) -> dict:
     """Frame-level detection on the demo camera, through the daemon's own calibration code."""
-    from edge.calibration import fit_calibration
-    from edge.tiles import TileGrid
+    from pathwatch.edge.calibration import fit_calibration
+    from pathwatch.edge.tiles import TileGrid
 
     grid = TileGrid(*DEMO["size"], 32, *DEMO["tiles"])
     get = lambda g: _FEATS[("demo", g, job.schedule, job.variant)]  # noqa: E731

@@ -29,10 +29,10 @@ class TorchBackend(Backend):
         super().__init__(bundle, max_batch)
         try:
             import torch
-            from export.checkpoint import load_checkpoint
-            from export.features import FeatureSpec
-            from export.pipeline import DiffPathPipeline
-            from export.schedule import ReducedSchedule
+            from pathwatch.export.checkpoint import load_checkpoint
+            from pathwatch.export.features import FeatureSpec
+            from pathwatch.export.pipeline import DiffPathPipeline
+            from pathwatch.export.schedule import ReducedSchedule
         except ImportError as e:
             raise BackendError(f"the torch backend needs {e.name}; pip install "
                                "'pathwatch[export]' or choose backend onnxruntime") from None

@@ -2,10 +2,10 @@
 
 Its weights ship, and so does its export (`default-bundle/`: manifest, graph, parity
 references), so a device without torch runs it as it is: on first use the two are put
-together as a bundle in the cache directory. Where the shipped export does not match the
-settings in default.json (it was not regenerated after a change), the bundle is exported
-from the weights instead, which needs torch once. `python -m export.default_bundle`
-regenerates the shipped export.
+together as a bundle in the cache directory. A shipped export that does not match
+default.json (it was not regenerated after a change) is refused with the command that
+regenerates it, `python -m pathwatch.export.default_bundle`; nothing here imports the export
+toolchain.
 """
 from __future__ import annotations
 
@@ -55,17 +55,12 @@ def default_bundle(cache_dir: str | Path, say: Callable[[str], None] = print) ->
             shutil.rmtree(target, ignore_errors=True)
     if sha256_of(weights) != s["sha256"]:
         raise BundleError(f"{weights} does not match its recorded sha256; reinstall pathwatch")
-    if shipped_matches(s):
-        return _install_shipped(target, weights, say)
-    try:
-        from export.default_bundle import export_default
-    except ImportError as e:
-        raise BundleError(f"exporting the default bundle needs {e.name} once; pip install "
-                          "'pathwatch[export]', or export a bundle elsewhere and set "
-                          "model.bundle to it") from None
-    say(f"exporting the default model to {target} (first run only; the shipped export does "
-        "not match default.json)")
-    return export_default(target, log=say)
+    if not shipped_matches(s):
+        raise BundleError(f"the shipped export in {SHIPPED} does not match {CARD.name} (changed "
+                          "weights or settings); regenerate it with `python -m "
+                          "pathwatch.export.default_bundle`, or set model.bundle to an exported "
+                          "bundle")
+    return _install_shipped(target, weights, say)
 
 
 def shipped_matches(settings: dict) -> bool:

@@ -1,4 +1,4 @@
-"""The daemon's subcommands: run, calibrate, tail, config. No torch is imported here."""
+"""The daemon's subcommands: run, calibrate, tail, view, keys, config. No torch is imported here."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,8 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from .backends import KINDS as BACKENDS  # no torch, no onnxruntime: names only
-from .cli import console, out
+from pathwatch.edge.backends import KINDS as BACKENDS  # no torch, no onnxruntime: names only
+from .console import console, out
 
 REPO_DEFAULT = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -21,7 +21,7 @@ def find_config(path: str | None, check_sources: bool | list[str] = False):
     """--config, else $PATHWATCH_CONFIG, else configs/default.yaml of a source checkout, else
     the built-in default (one demo camera, every other setting at its documented default).
     `check_sources`: as load_config (the daemon's commands check the cameras they open)."""
-    from .config import load_config, parse_config
+    from pathwatch.edge.config import load_config, parse_config
 
     chosen = path or os.environ.get("PATHWATCH_CONFIG")
     if chosen:
@@ -102,8 +102,8 @@ def add_run(sub) -> None:
 
 
 def cmd_run(a) -> int:
-    from .daemon import Daemon
-    from .systemd import Notifier
+    from pathwatch.edge.daemon import Daemon
+    from pathwatch.edge.systemd import Notifier
 
     config, path = find_config(a.config, a.camera or True)
     _override(config, a)
@@ -147,8 +147,8 @@ def add_calibrate(sub) -> None:
 def cmd_calibrate(a) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .calibration import MIN_CALIBRATION_FRAMES, Calibration
-    from .daemon import Daemon
+    from pathwatch.edge.calibration import MIN_CALIBRATION_FRAMES, Calibration
+    from pathwatch.edge.daemon import Daemon
 
     config, path = find_config(a.config, [a.camera])
     _override(config, a)
@@ -208,7 +208,7 @@ FEW_HOLDOUT_FRAMES = 30  # below this the threshold rests on a handful of frames
 
 def _describe_existing(path: Path) -> str | None:
     """'N frames, threshold T' of a calibration file about to be replaced (None: none)."""
-    from .calibration import Calibration, CalibrationError
+    from pathwatch.edge.calibration import Calibration, CalibrationError
 
     if not path.exists():
         return None
@@ -236,7 +236,7 @@ def _client_address(bind: str) -> str:
 
 def _client_security(a, config):
     """CURVE options for a client from --server-key/--client-key or the config's security."""
-    from .security import client_options
+    from pathwatch.edge.security import client_options
 
     server = a.server_key or (config.security.server_public_key if config else None)
     client = a.client_key or (config.security.client_key if config else None)
@@ -264,7 +264,7 @@ def _add_client_args(p) -> None:
 
 
 def cmd_tail(a) -> int:
-    from .subscriber import tail_main
+    from pathwatch.edge.subscriber import tail_main
 
     pub, replay, secure = _endpoints(a)
     try:
@@ -282,7 +282,7 @@ def add_view(sub) -> None:
 
 
 def cmd_view(a) -> int:
-    from .view import run_view
+    from pathwatch.edge.view import run_view
 
     pub, replay, secure = _endpoints(a)
     return run_view(pub, replay, secure=secure)
@@ -299,7 +299,7 @@ def add_keys(sub) -> None:
 
 
 def cmd_keys_generate(a) -> int:
-    from .security import generate_keys
+    from pathwatch.edge.security import generate_keys
 
     public, secret = generate_keys(a.directory, a.name)
     out.print(f"public key {public} (give it to the other side), secret key {secret} (keep it)")
@@ -320,7 +320,7 @@ def add_config(sub) -> None:
 def cmd_config_check(a) -> int:
     from rich.table import Table
 
-    from .config import config_summary, load_config
+    from pathwatch.edge.config import config_summary, load_config
 
     config = load_config(a.file, check_sources=True)
     t = Table(title=f"{a.file}: valid", show_header=False)
@@ -334,7 +334,7 @@ def cmd_config_check(a) -> int:
 
 def config_warnings(config) -> list[str]:
     """Valid, but likely not what was meant (`run` says the same when it gets there)."""
-    from .publisher import network_reachable
+    from pathwatch.edge.publisher import network_reachable
 
     out = []
     if not config.security.curve:
@@ -351,7 +351,7 @@ def config_warnings(config) -> list[str]:
 
 
 def cmd_config_schema(a) -> int:
-    from .config import config_schema
+    from pathwatch.edge.config import config_schema
 
     print(json.dumps(config_schema(), indent=1))
     return 0

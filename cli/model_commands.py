@@ -1,37 +1,11 @@
-"""`pathwatch`: one entry point, a subcommand per job.
-
-Jobs that need torch (train, eval on a checkpoint) import `export/` inside their handler, so
-the daemon's commands work on a device without torch. Bad input ends with one line on stderr
-and exit code 2, never a traceback.
-"""
+"""The model jobs: train, eval, export, bundle. They import `pathwatch.export` (torch) inside
+their handlers, so the daemon's commands work on a device without torch."""
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
 from pathlib import Path
 
-from rich.console import Console
-from rich.markup import escape
-
-# Off a terminal (a pipe, a file, journald) rich would squeeze tables to 80 columns.
-console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
-out = Console(width=None if sys.stdout.isatty() else 160)
-
-
-class UsageError(Exception):
-    """A problem with what the user asked for; printed as one line, exit code 2."""
-
-
-def _progress():
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=console, transient=False)
-
+from .console import UsageError, console, out, print_mapping, progress
 
 # ---------------------------------------------------------------------------------- train
 def add_train(sub) -> None:
@@ -58,9 +32,9 @@ def add_train(sub) -> None:
 
 
 def cmd_train(a) -> int:
-    from export.checkpoint import read_config_file
-    from export.train import Trainer, TrainSettings
-    from export.unet import ModelConfig, preset_config
+    from pathwatch.export.checkpoint import read_config_file
+    from pathwatch.export.train import Trainer, TrainSettings
+    from pathwatch.export.unet import ModelConfig, preset_config
 
     _check_device(a.device)
     out_dir = Path(a.out)
@@ -81,7 +55,7 @@ def cmd_train(a) -> int:
     trainer = Trainer(settings, cfg, resume=a.resume)
     console.print(f"training {trainer.parameters:,} parameters on {len(trainer.data):,} images "
                   f"from [bold]{a.data}[/] -> {out_dir}")
-    with _progress() as prog:
+    with progress() as prog:
         task = prog.add_task("train", total=a.steps, completed=trainer.state.step, info="")
 
         def on_step(st, loss):
@@ -94,13 +68,13 @@ def cmd_train(a) -> int:
                "images_per_second": info["images_per_second"], "final_loss": info["final_loss"],
                "parameters": info["parameters"], "ema_sha256": info["ema_sha256"],
                "preview": str(preview)}
-    _print_mapping("training run", summary)
+    print_mapping("training run", summary)
     return 0
 
 
 # ----------------------------------------------------------------------------------- eval
 def add_eval(sub) -> None:
-    from .datasets import dataset_names
+    from pathwatch.edge.datasets import dataset_names
 
     p = sub.add_parser("eval", help="OOD detection metrics of a checkpoint's path features",
                        description="Fit a density on --fit features, score --test (in) against "
@@ -139,7 +113,7 @@ def add_eval(sub) -> None:
 
 
 def parse_variants(names: list[str] | None, lam: float, sigma: float):
-    from export.features import FeatureSpec
+    from pathwatch.export.features import FeatureSpec
 
     names = names or ["diffpath6d"]
     if "all" in names:
@@ -153,7 +127,7 @@ def parse_variants(names: list[str] | None, lam: float, sigma: float):
 
 
 def schedule_for(cfg, k: int, timesteps: str | None, placement: str = "uniform"):
-    from export.schedule import ReducedSchedule
+    from pathwatch.export.schedule import ReducedSchedule
 
     if timesteps:
         ts = tuple(int(t) for t in timesteps.split(","))
@@ -162,8 +136,8 @@ def schedule_for(cfg, k: int, timesteps: str | None, placement: str = "uniform")
 
 
 def _torch_extractor(a):
-    from export.checkpoint import load_checkpoint
-    from export.pipeline import TorchExtractor
+    from pathwatch.export.checkpoint import load_checkpoint
+    from pathwatch.export.pipeline import TorchExtractor
 
     _check_device(a.device)
     loaded = load_checkpoint(a.checkpoint, a.config, a.device)
@@ -175,9 +149,9 @@ def _torch_extractor(a):
 
 
 def _bundle_extractor(a):
-    from .backends import load_backend
-    from .bundle import Bundle
-    from .evaluation import BundleExtractor
+    from pathwatch.edge.backends import load_backend
+    from pathwatch.edge.bundle import Bundle
+    from pathwatch.edge.evaluation import BundleExtractor
 
     if a.variant or a.timesteps or a.placement != "uniform":
         raise UsageError("--variant, --placement and --timesteps come from the bundle; export another "
@@ -190,16 +164,16 @@ def _bundle_extractor(a):
 
 
 def cmd_eval(a) -> int:
-    from .evaluation import EvalTask, FeatureCache, results_json, results_table, run_eval
+    from pathwatch.edge.evaluation import EvalTask, FeatureCache, results_json, results_table, run_eval
 
     extractor, timesteps, meta = _bundle_extractor(a) if a.bundle else _torch_extractor(a)
     task = EvalTask(a.fit, a.test, a.ood, a.n_fit, a.n_test, a.seed)
     k = len(timesteps)
-    with _progress() as prog:
-        def progress(name, total):
+    with progress() as prog:
+        def on_set(name, total):
             t = prog.add_task(f"features {name}", total=total, info=f"K={k}")
             return lambda n: prog.advance(t, n)
-        results = run_eval(extractor, task, FeatureCache(a.cache_dir or None), a.density, progress)
+        results = run_eval(extractor, task, FeatureCache(a.cache_dir or None), a.density, on_set)
     out.print(results_table(results, f"OOD detection, K={k} {list(timesteps)}"))
     if a.json:
         meta["task"] = vars(task)
@@ -218,7 +192,7 @@ def add_export(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="run directory, .safetensors or .pt")
     p.add_argument("--config", help="model config for a foreign .pt")
     p.add_argument("--out", required=True, help="bundle directory to write")
-    from .models import default_settings
+    from pathwatch.edge.models import default_settings
 
     d = default_settings()  # the defaults docs/accuracy.md chose, shared with the default model
     p.add_argument("--variant", default=d["variant"], help="diffpath6d, diffpath1d, 6d+ssim, "
@@ -243,11 +217,11 @@ def add_export(sub) -> None:
 
 
 def cmd_export(a) -> int:
-    from export.bundle_export import DEFAULT_PARITY_DATA, ParityFailure, export_bundle
+    from pathwatch.export.bundle_export import DEFAULT_PARITY_DATA, ParityFailure, export_bundle
 
     if a.k < 1:
         raise UsageError(f"--k {a.k}: need at least one step")
-    from export.checkpoint import load_checkpoint
+    from pathwatch.export.checkpoint import load_checkpoint
 
     loaded_cfg = load_checkpoint(a.checkpoint, a.config).config
     spec = parse_variants([a.variant], a.lam, a.ssim_sigma)[0]
@@ -276,7 +250,7 @@ def cmd_export(a) -> int:
 def _build_engines(bundle, precisions, max_batch, log) -> list:
     """Each engine is checked against the recorded torch outputs and recorded only if it
     passed (a failed one is deleted, so nothing can load it later)."""
-    from .backends.tensorrt_backend import build_checked_engine
+    from pathwatch.edge.backends.tensorrt_backend import build_checked_engine
 
     return [build_checked_engine(bundle, precision, max_batch, log=log)[1]
             for precision in precisions]
@@ -303,11 +277,11 @@ def add_bundle(sub) -> None:
 
 
 def cmd_bundle_info(a) -> int:
-    from .bundle import Bundle
+    from pathwatch.edge.bundle import Bundle
 
     b = Bundle.load(a.bundle)
     m = b.manifest
-    _print_mapping(str(b.root), {
+    print_mapping(str(b.root), {
         "model": f"{m['model']['name']} ({m['model'].get('parameters', '?'):,} parameters)",
         "weights sha256": b.weights_sha256, "features": f"{b.label}: {', '.join(b.feature_names)}",
         "timesteps": b.timesteps, "input": f"{m['input']['dtype']} {m['input']['layout']} "
@@ -319,7 +293,7 @@ def cmd_bundle_info(a) -> int:
 
 
 def _verify_backend(bundle, backend, precision: str):
-    from .parity import compare
+    from pathwatch.edge.parity import compare
 
     ref = bundle.parity_reference()
     if ref is None:
@@ -330,8 +304,8 @@ def _verify_backend(bundle, backend, precision: str):
 
 
 def cmd_bundle_verify(a) -> int:
-    from .backends import load_backend
-    from .bundle import Bundle, sha256_of
+    from pathwatch.edge.backends import load_backend
+    from pathwatch.edge.bundle import Bundle, sha256_of
 
     bundle = Bundle.load(a.bundle)
     if a.checkpoint:
@@ -368,7 +342,6 @@ def _print_parity(reports) -> None:
     out.print(t)
 
 
-# ----------------------------------------------------------------------------------- main
 def _check_device(device: str) -> None:
     if device.startswith("cuda"):
         import torch
@@ -377,53 +350,6 @@ def _check_device(device: str) -> None:
             raise UsageError(f"--device {device}: no CUDA GPU is visible to torch; use --device cpu")
 
 
-def _print_mapping(title: str, data: dict) -> None:
-    from rich.table import Table
-
-    t = Table(title=title, show_header=False)
-    for k, v in data.items():
-        t.add_row(k, str(v))
-    out.print(t)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pathwatch", description="Diffusion-path anomaly "
-                                     "monitor for cameras.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_train(sub)
-    add_eval(sub)
-    add_export(sub)
-    add_bundle(sub)
-    from .cli_daemon import register
-    register(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except BrokenPipeError:  # `pathwatch ... | head` is normal use
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
-        return 0
-    except (UsageError, ValueError, OSError, RuntimeError) as e:
-        # OSError: a file that exists where a folder should be, no permission, a full disk.
-        message = str(e) if not isinstance(e, OSError) or not e.strerror else \
-            f"{e.strerror}: {e.filename}" if e.filename else e.strerror
-        console.print(f"[red]pathwatch {args.command}: error:[/] {escape(message)}",
-                      highlight=False, soft_wrap=True)
-        return 2
-    except KeyboardInterrupt:
-        console.print("interrupted")
-        return 130
-    except ModuleNotFoundError as e:
-        if e.name in ("torch", "safetensors", "onnx"):
-            console.print(f"[red]pathwatch {args.command}: error:[/] needs {e.name}; install "
-                          "the export extra: pip install 'pathwatch[export]'", highlight=False)
-            return 2
-        raise
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def register(sub) -> None:
+    for add in (add_train, add_eval, add_export, add_bundle):
+        add(sub)
