@@ -6,7 +6,12 @@ once per heartbeat; counters and the latency histogram are updated as things hap
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+if TYPE_CHECKING:
+    from .camera import CameraStats
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 
@@ -21,7 +26,7 @@ class Metrics:
         self.frames = Counter("pathwatch_frames_processed", "Frames scored", cam, registry=r)
         self.dropped = Gauge("pathwatch_frames_dropped", "Frames dropped from the capture queue", cam, registry=r)
         self.reconnects = Gauge("pathwatch_reconnects", "Camera reconnections", cam, registry=r)
-        self.online = Gauge("pathwatch_camera_online", "1 when the camera delivers frames", cam, registry=r)
+        self.online = Gauge("pathwatch_camera_online", "1 when the camera's source delivers frames", cam, registry=r)
         self.score = Gauge("pathwatch_score", "Last frame score (standardised)", cam, registry=r)
         self.threshold = Gauge("pathwatch_threshold", "Alert threshold", cam, registry=r)
         self.alerts = Counter("pathwatch_alert_events", "Alert events by state", cam + ["state"], registry=r)
@@ -41,19 +46,51 @@ class Metrics:
                                "metrics.port or set metrics.enabled: false") from None
         return self.server.server_port
 
-    def update_camera(self, name: str, stats: dict, skipped_fps: float) -> None:
-        self.camera_fps.labels(name).set(stats.get("camera_fps", 0.0))
-        self.process_fps.labels(name).set(stats.get("process_fps", 0.0))
-        self.skipped_fps.labels(name).set(skipped_fps)
-        self.dropped.labels(name).set(stats.get("dropped", 0))
-        self.reconnects.labels(name).set(stats.get("reconnects", 0))
-        self.online.labels(name).set(1.0 if stats.get("state") in ("online", "alerting", "calibrating") else 0.0)
-        if stats.get("score") is not None:
-            self.score.labels(name).set(stats["score"])
-        if stats.get("threshold") is not None:
-            self.threshold.labels(name).set(stats["threshold"])
+    def backend_call(self, seconds: float, tiles: int) -> None:
+        self.inference.observe(seconds)
+        self.tiles.inc(tiles)
+
+    def frame(self, camera: str, latency_s: float | None) -> None:
+        self.frames.labels(camera).inc()
+        if latency_s is not None:
+            self.frame_latency.labels(camera).observe(latency_s)
+
+    def alert(self, camera: str, state: str) -> None:
+        self.alerts.labels(camera, state).inc()
+
+    def update_camera(self, name: str, stats: "CameraStats") -> None:
+        self.camera_fps.labels(name).set(stats.camera_fps)
+        self.process_fps.labels(name).set(stats.process_fps)
+        self.skipped_fps.labels(name).set(stats.skipped_fps)
+        self.dropped.labels(name).set(stats.dropped)
+        self.reconnects.labels(name).set(stats.reconnects)
+        self.online.labels(name).set(1.0 if stats.online else 0.0)
+        if stats.score is not None:
+            self.score.labels(name).set(stats.score)
+        if stats.threshold is not None:
+            self.threshold.labels(name).set(stats.threshold)
 
     def close(self) -> None:
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
+
+
+class NoMetrics:
+    """Metrics switched off (metrics.enabled: false, `pathwatch calibrate`): the same calls,
+    nothing recorded."""
+
+    def backend_call(self, seconds: float, tiles: int) -> None:
+        pass
+
+    def frame(self, camera: str, latency_s: float | None) -> None:
+        pass
+
+    def alert(self, camera: str, state: str) -> None:
+        pass
+
+    def update_camera(self, name: str, stats: "CameraStats") -> None:
+        pass
+
+    def close(self) -> None:
+        pass

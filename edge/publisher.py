@@ -35,7 +35,7 @@ SCHEMA = 1
 REPLAY_KEYS = {"since", "camera", "limit"}
 log = logging.getLogger("pathwatch.publisher")
 
-__all__ = ["SCHEMA", "AlertBus", "Publisher", "PublisherError", "ReplayServer", "encode_jpeg",
+__all__ = ["SCHEMA", "AlertBus", "NoBus", "Publisher", "PublisherError", "ReplayServer", "encode_jpeg",
            "encode_png"]
 
 
@@ -282,3 +282,37 @@ class AlertBus:
         self.publisher.send("heartbeat", {"schema": SCHEMA, "kind": "heartbeat",
                                           "time": iso_now(), "camera": None, "last_seq": last,
                                           "dropped": self.publisher.dropped, **(extra or {})})
+
+    def stats(self, payload: dict) -> None:
+        """Per-camera figures on the `stats` topic (not journaled)."""
+        self.publisher.send("stats", {"schema": SCHEMA, "kind": "stats", "camera": None,
+                                      **payload})
+
+    def prune(self, max_age_s: float, max_events: int) -> int:
+        """Journal retention; returns how many events were removed."""
+        with self._lock:
+            return self.journal.prune(max_age_s=max_age_s, max_events=max_events)
+
+
+class NoBus:
+    """Where nothing is published (`pathwatch calibrate`): the bus's calls, no sockets, no
+    journal."""
+
+    def alert(self, event: AlertEvent, extra: dict | None = None,
+              attachments: dict[str, bytes] | None = None) -> dict:
+        return {}
+
+    def score(self, camera: str, header: dict) -> None:
+        pass
+
+    def status(self, camera: str, state: str, detail: str = "") -> None:
+        pass
+
+    def heartbeat(self, extra: dict | None = None) -> None:
+        pass
+
+    def stats(self, payload: dict) -> None:
+        pass
+
+    def prune(self, max_age_s: float, max_events: int) -> int:
+        return 0

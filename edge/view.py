@@ -26,6 +26,8 @@ class CameraView:
     name: str
     state: str = "unknown"
     detail: str = ""
+    source: str = ""  # the capture's own state, beside the reported one
+    lifecycle: str = ""  # calibration: pending, collecting, scoring, refused
     camera_fps: float = 0.0
     process_fps: float = 0.0
     skipped_fps: float = 0.0
@@ -76,9 +78,9 @@ class Snapshot:
             self.last_heartbeat = now
             for name, c in (header.get("cameras") or {}).items():
                 cam = self.camera(name)
-                for key in ("state", "camera_fps", "process_fps", "skipped_fps", "skipped",
-                            "latency_p50_ms",
-                            "latency_p99_ms", "threshold"):
+                for key in ("state", "source", "lifecycle", "camera_fps", "process_fps",
+                            "skipped_fps", "skipped", "latency_p50_ms", "latency_p99_ms",
+                            "threshold"):
                     if c.get(key) is not None:
                         setattr(cam, key, c[key])
         elif topic.startswith("score."):
@@ -159,6 +161,9 @@ def camera_panel(cam: CameraView, now: float) -> Panel:
     t.add_column()
     t.add_row("state", Text(cam.state + (f"  {cam.detail}" if cam.detail and cam.state != "online" else ""),
                             style=STATE_STYLE.get(cam.state, "")))
+    if cam.source:
+        t.add_row("camera", Text(f"source {cam.source}, calibration {cam.lifecycle or '-'}",
+                                 style=STATE_STYLE.get(cam.source, "")))
     t.add_row("fps", f"camera {cam.camera_fps:.1f}  processed {cam.process_fps:.1f}  "
                      f"skipped {cam.skipped_fps:.1f} ({cam.skipped} frames)")
     lat = ("-" if cam.latency_p50_ms is None else

@@ -300,3 +300,41 @@ def test_sighup_reloads_config_and_keeps_the_sockets(tmp_path, tiny_bundle, scen
     log = proc.stderr.read()
     assert "reload failed, keeping the running config" in log and "gone.avi" in log
     assert "keeping the calibration in use" in log
+
+
+def test_a_camera_that_never_opens_is_reported_dead_everywhere(tmp_path, tiny_bundle):
+    """An RTSP camera on a port where nothing listens, with no calibration yet: heartbeat,
+    stats, metrics and the view say reconnecting, not calibrating."""
+    import urllib.request
+
+    from pathwatch.edge.view import Snapshot, render
+    from rich.console import Console
+
+    port, dead = free_port(), free_port()
+    config = daemon_config(tmp_path, tiny_bundle, f"rtsp://127.0.0.1:{dead}/live", metrics_port=port)
+    proc = launch(config)
+    sub = AlertSubscriber(f"ipc://{tmp_path}/pub.sock", None, topics=("heartbeat", "stats"))
+    try:
+        seen = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(seen) < 2:
+            for m in sub.events(timeout_s=1.0):
+                cam = (m.header.get("cameras") or {}).get("cam", {})
+                if cam.get("source") == "reconnecting":
+                    seen[m.topic] = m.header
+        assert set(seen) == {"heartbeat", "stats"}, _log(proc)
+        for header in seen.values():
+            cam = header["cameras"]["cam"]
+            assert cam["state"] == "reconnecting" and cam["lifecycle"] == "collecting", cam
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        assert 'pathwatch_camera_online{camera="cam"} 0.0' in text
+        snap = Snapshot()
+        snap.apply("heartbeat", seen["heartbeat"])
+        console = Console(width=120, record=True)
+        console.print(render(snap))
+        screen = console.export_text()
+        assert "reconnecting" in screen and "calibrating" not in screen, screen
+    finally:
+        sub.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)

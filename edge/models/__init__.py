@@ -38,6 +38,12 @@ def default_weights() -> Path:
     return HERE / default_settings()["weights"]
 
 
+def load_bundle(spec: str, cache_dir: str | Path, say: Callable[[str], None] = print) -> Bundle:
+    """model.bundle: a bundle directory, or `default` for this model (installed into the
+    cache directory on first use)."""
+    return default_bundle(cache_dir, say) if spec == "default" else Bundle.load(spec)
+
+
 def default_bundle(cache_dir: str | Path, say: Callable[[str], None] = print) -> Bundle:
     s = default_settings()
     weights = default_weights()

@@ -1,0 +1,439 @@
+"""One camera's life: its source, tile grid, calibration and alert tracker, and the state that
+ties them together.
+
+A camera has two states side by side, and neither masks the other: the **source's health**,
+from its capture thread (edge.sources: connecting, online, reconnecting, offline), and its
+**lifecycle**, kept here:
+
+| lifecycle    | meaning                                      | next, and on what                      |
+|--------------|----------------------------------------------|----------------------------------------|
+| `pending`    | a calibration file was read; the first frame | `scoring`: it fits the frame's grid;   |
+|              | shows the frame size it must fit            | `collecting` / `refused`: it does not  |
+|              |                                              | (with / without auto-calibration)      |
+| `collecting` | normal frames are collected to calibrate     | `scoring`: enough frames, fitted and   |
+|              |                                              | saved; `refused`: the fit or the write |
+|              |                                              | failed, or the source ended too soon;  |
+|              |                                              | `scoring`: reload finds a file written |
+|              |                                              | since the collection began             |
+| `scoring`    | frames are scored, alerts may start          | `collecting` / `refused`: the frame    |
+|              |                                              | size changed and the calibration no    |
+|              |                                              | longer fits (an open alert ends)       |
+| `refused`    | no usable calibration, no auto-calibration,  | `pending` / `collecting`: reload reads |
+|              | or calibrating failed; no frame is scored    | the calibration file again             |
+
+Start: a usable calibration file gives `pending`; none (or `--recalibrate`) gives
+`collecting` where auto-calibration is on (always in `pathwatch calibrate`), else `refused`.
+
+What the camera reports (heartbeat, stats, view, metrics) is one word, `state`: `refused`
+when refused; otherwise the source's state whenever the source is not online (a dead camera
+is reported dead whatever its calibration), else `calibrating` while collecting, `alerting`
+while an alert is open, `online`. The source's state and the lifecycle travel beside it.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .alerts import AlertEvent, AlertTracker
+from .bundle import Bundle
+from .calibration import MIN_CALIBRATION_FRAMES, Calibration, CalibrationError, fit_calibration
+from .clock import RateMeter
+from .config import CameraConfig, Config
+from .publisher import encode_jpeg, encode_png
+from .sources import CameraSource, Frame
+from .tiles import TileGrid, heatmap_image
+
+log = logging.getLogger("pathwatch")
+LATENCY_SAMPLES = 256  # the recent frames whose capture-to-score latency the stats report
+SCORE_CEILING = 1e6  # keeps messages valid JSON even for a non-finite likelihood
+
+StatusCallback = Callable[[str, str, str], None]  # (camera, state, detail)
+
+
+class Lifecycle(enum.Enum):
+    PENDING = "pending"
+    COLLECTING = "collecting"
+    SCORING = "scoring"
+    REFUSED = "refused"
+
+
+@dataclass(frozen=True)
+class CalibrationPlan:
+    """How this process gets calibrations: how many frames to collect, whether every camera
+    may collect (`pathwatch calibrate`), whether saved files are ignored (--recalibrate)."""
+    frames: int
+    collect_always: bool = False
+    recalibrate: bool = False
+
+
+@dataclass(frozen=True)
+class CameraStats:
+    """One camera's figures, as the heartbeat, the stats topic, the view and metrics see them."""
+    state: str
+    source: str
+    lifecycle: str
+    camera_fps: float
+    process_fps: float
+    skipped: int
+    dropped: int
+    skipped_fps: float
+    reconnects: int
+    score: float | None
+    threshold: float | None
+    latency_p50_ms: float | None
+    latency_p99_ms: float | None
+    refused: str | None
+
+    @property
+    def online(self) -> bool:
+        return self.source == "online"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class AlertMessage:
+    """An alert event to journal and publish, with what travels beside it."""
+    event: AlertEvent
+    extra: dict
+    attachments: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass
+class FrameResult:
+    """What scoring one frame produced for the frame loop to publish."""
+    latency_ms: float | None = None
+    alerts: list[AlertMessage] = field(default_factory=list)
+    score: dict | None = None  # the score topic's payload, when its rate allows one
+
+
+class Camera:
+    """One configured camera. The frame loop owns it (not thread-safe), except for source
+    status, which arrives on the capture thread and is only passed on."""
+
+    def __init__(self, cfg: CameraConfig, config: Config, bundle: Bundle, plan: CalibrationPlan,
+                 on_status: StatusCallback):
+        self.cfg, self.config, self.bundle, self.plan = cfg, config, bundle, plan
+        self.on_status = on_status
+        self.source = CameraSource(
+            cfg.name, cfg.source, fps=cfg.fps, queue_size=config.capture.queue_size,
+            open_timeout_s=config.capture.open_timeout_s,
+            read_timeout_s=config.capture.read_timeout_s,
+            reconnect_after_s=config.capture.reconnect_after_s,
+            backoff_max_s=config.capture.backoff_max_s, on_end=cfg.on_end,
+            realtime=cfg.realtime, on_status=self._source_status)
+        self.tracker = AlertTracker(cfg.name, config.alerts)  # the config section is the policy
+        self.lifecycle = Lifecycle.REFUSED
+        self.refused: str | None = None
+        self.grid: TileGrid | None = None
+        self.calibration: Calibration | None = None
+        self.calibrated_here = False  # this process wrote the camera's calibration file
+        self._collected: list[np.ndarray] = []
+        self._collect_started = 0.0
+        self._processed = RateMeter()
+        self._latency_ms: list[float] = []
+        self._last_score: float | None = None
+        self._last_score_sent = -math.inf
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    @property
+    def calibration_path(self):
+        return self.cfg.calibration_path(self.config)
+
+    @property
+    def threshold(self) -> float:
+        if self.cfg.threshold is not None:
+            return float(self.cfg.threshold)
+        return self.calibration.threshold if self.calibration else math.inf
+
+    @property
+    def collecting(self) -> bool:
+        return self.lifecycle is Lifecycle.COLLECTING
+
+    @property
+    def collected(self) -> int:
+        return len(self._collected)
+
+    # ------------------------------------------------------------------ start and stop
+    def start(self) -> None:
+        self._read_calibration()
+        self.source.start()
+
+    def request_stop(self) -> None:
+        self.source.request_stop()
+
+    def stop(self, timeout: float, reason: str) -> None:
+        """Stop capture; the source reports `offline` with the reason."""
+        self.source.stop(timeout=timeout, reason=reason)
+
+    def close_alert(self, reason: str) -> AlertEvent | None:
+        """End an open alert now (shutdown, reload, a refit); its `end`, or None."""
+        return self.tracker.close(time.time(), reason)
+
+    # ------------------------------------------------------------------ lifecycle
+    def _read_calibration(self) -> None:
+        path = self.calibration_path
+        self.calibration, self.refused = None, None
+        if path.exists() and not self._ignores_saved_file():
+            try:
+                self.calibration = Calibration.load(path)
+                self.lifecycle = Lifecycle.PENDING  # checked against the first frame's grid
+                return
+            except CalibrationError as e:
+                reason = str(e)
+        else:
+            reason = f"no calibration at {path}"
+        self._collect_or_refuse(reason)
+
+    def _ignores_saved_file(self) -> bool:
+        # --recalibrate replaces each camera's file once; a reload after that keeps the new one.
+        return self.plan.recalibrate and not self.calibrated_here
+
+    def _may_collect(self) -> bool:
+        return self.plan.collect_always or self.cfg.wants_auto_calibration(self.config)
+
+    def _collect_or_refuse(self, reason: str) -> None:
+        if self._may_collect():
+            self.calibration, self._collected = None, []
+            self._collect_started = time.time()
+            self.lifecycle = Lifecycle.COLLECTING
+            self._announce("calibrating", f"{reason}; collecting {self.plan.frames} normal frames")
+        else:
+            self._refuse(f"{reason}; run `pathwatch calibrate --camera {self.name}` or set "
+                         "calibration.auto: true")
+
+    def _refuse(self, reason: str) -> None:
+        self.lifecycle, self.refused, self.calibration = Lifecycle.REFUSED, reason, None
+        log.error("camera %s refused: %s", self.name, reason)
+        self._announce("refused", reason)
+
+    def _announce(self, state: str, detail: str) -> None:
+        log.info("camera %s: %s%s", self.name, state, f" ({detail})" if detail else "")
+        self.on_status(self.name, state, detail)
+
+    def _source_status(self, name: str, state: str, detail: str = "") -> None:
+        if state == "online" and self.collecting:
+            # Frames flow, but no alert can come before the calibration is done: say so.
+            state, detail = "calibrating", f"{detail}; collecting {self.plan.frames} normal frames"
+        log.info("camera %s: %s%s", name, state, f" ({detail})" if detail else "")
+        self.on_status(name, state, detail)
+
+    def _fit_grid(self, frame: Frame) -> bool:
+        """The tile grid for this frame's size; a calibration waiting for it (or one made for
+        another size) is checked here. False: the camera cannot use frames now."""
+        h, w = frame.image.shape[:2]
+        if self.grid is not None and (self.grid.frame_w, self.grid.frame_h) == (w, h):
+            return True
+        if self.collecting and self.grid is not None:
+            self._collected = []  # features of another frame size do not mix
+        c = self.cfg
+        self.grid = TileGrid(w, h, self.bundle.image_size[0], c.tiles[0], c.tiles[1],
+                             tuple(c.roi), [tuple(r) for r in c.ignore], c.exposure)
+        if self.calibration is None:
+            return self.lifecycle is not Lifecycle.REFUSED
+        try:
+            self.calibration.check(self.bundle.identity(), self.grid, self.calibration_path)
+        except CalibrationError as e:
+            self._collect_or_refuse(str(e))
+            return self.collecting
+        self.lifecycle = Lifecycle.SCORING
+        self._announce("online", f"calibration {self.calibration_path}, threshold "
+                       f"{self.threshold:.2f}")
+        return True
+
+    # ------------------------------------------------------------------ the frame path
+    def next_frame(self) -> tuple[Frame | None, AlertEvent | None]:
+        """The newest frame, if there is one and the camera can use it; and the `end` of an
+        alert that a calibration no longer fitting the frame's size has closed."""
+        if self.lifecycle is Lifecycle.REFUSED:
+            return None, None
+        frame = self.source.latest(timeout=0)
+        if frame is None:
+            return None, None
+        was_scoring = self.lifecycle is Lifecycle.SCORING
+        usable = self._fit_grid(frame)
+        ended = None
+        if was_scoring and self.lifecycle is not Lifecycle.SCORING:
+            ended = self.close_alert("calibration no longer fits")
+        return (frame if usable else None), ended
+
+    def tiles(self, frame: Frame) -> np.ndarray:
+        return self.grid.cut(frame.image)
+
+    def observe(self, frame: Frame, features: np.ndarray, maps: np.ndarray) -> FrameResult:
+        """One frame's tile features (and error maps) from the backend: collected while
+        calibrating, scored otherwise. Returns what to publish."""
+        self._processed.tick(time.monotonic())
+        if self.collecting:
+            self._collect(features)
+            return FrameResult()
+        if self.lifecycle is not Lifecycle.SCORING:
+            return FrameResult()
+        return self._score(frame, features, maps)
+
+    def _collect(self, features: np.ndarray) -> None:
+        self._collected.append(features)
+        if len(self._collected) >= self.plan.frames:
+            self._finish_calibration()
+
+    def check_source_end(self) -> None:
+        """A clip that ends (on_end: stop) while the camera collects: fit on the frames it
+        gave, or refuse with the count, rather than wait for frames that never come."""
+        if not self.collecting or not self.source.exhausted():
+            return
+        n = len(self._collected)
+        if n < MIN_CALIBRATION_FRAMES:
+            self._refuse(f"the source ended after {n} processed frames; calibration needs at "
+                         f"least {MIN_CALIBRATION_FRAMES} (use a longer clip, on_end: loop, or a "
+                         "higher fps cap)")
+            return
+        log.warning("camera %s: the source ended; calibrating on the %d frames it gave",
+                    self.name, n)
+        self._finish_calibration()
+
+    def _finish_calibration(self) -> None:
+        """Fit on the collected frames and save; a fit or a write that fails refuses."""
+        try:
+            cal = self._fit()
+            cal.save(self.calibration_path)
+        except CalibrationError as e:
+            self._refuse(f"calibration failed: {e}")
+            return
+        self.calibration, self._collected = cal, []
+        self.calibrated_here = True
+        self.lifecycle = Lifecycle.SCORING
+        self._announce("online", f"calibrated on {cal.frames_total} frames, threshold "
+                       f"{cal.threshold:.2f} ({cal.threshold_method}); saved "
+                       f"{self.calibration_path}")
+
+    def _fit(self) -> Calibration:
+        c = self.config.calibration
+        fps = self.cfg.fps or max(self._processed.per_second(time.monotonic()), 1.0)
+        density = c.density if c.density != "auto" else self.bundle.default_density
+        return fit_calibration(
+            self.name, np.stack(self._collected), self.grid, self.bundle.identity(),
+            self.bundle.label, density=density, holdout=c.holdout,
+            false_alarms_per_hour=c.false_alarms_per_hour, fps=fps,
+            trigger=self.config.alerts.trigger_frames, window=self.config.alerts.window_frames,
+            source=self.source.spec.describe(),  # URL passwords masked
+            seconds=time.time() - self._collect_started)
+
+    def _score(self, frame: Frame, features: np.ndarray, maps: np.ndarray) -> FrameResult:
+        tile_scores = self.calibration.tile_scores(features)
+        score, tile = self.calibration.frame_score(tile_scores)
+        score = min(score, SCORE_CEILING)
+        self._last_score = score
+        latency_ms = (time.time() - frame.time) * 1000.0
+        self._latency_ms = (self._latency_ms + [latency_ms])[-LATENCY_SAMPLES:]
+        col, row = self.grid.position(tile)
+        events = self.tracker.update(frame.time, score, self.threshold, [col, row], frame.index)
+        extra = {"latency_ms": round(latency_ms, 1), "labels": list(frame.labels)}
+        alerts = [AlertMessage(e, extra, self._attachments(e, frame, tile_scores, maps))
+                  for e in events]
+        return FrameResult(latency_ms, alerts, self._score_payload(frame, score, [col, row],
+                                                                   tile_scores, latency_ms))
+
+    def _attachments(self, event: AlertEvent, frame: Frame, tile_scores: np.ndarray,
+                     maps: np.ndarray) -> dict[str, bytes]:
+        if event.state not in ("start", "update"):
+            return {}
+        out = {}
+        if self.config.alerts.snapshot:
+            out["snapshot.jpg"] = encode_jpeg(frame.image)
+        if self.config.alerts.heatmap:
+            out["heatmap.png"] = encode_png(heatmap_image(self.grid, tile_scores, maps,
+                                                          self.threshold))
+        return out
+
+    def _score_payload(self, frame: Frame, score: float, tile: list, tile_scores: np.ndarray,
+                       latency_ms: float) -> dict | None:
+        rate = self.config.publisher.score_rate_hz
+        now = time.monotonic()
+        if not rate or now - self._last_score_sent < 1.0 / rate:
+            return None
+        self._last_score_sent = now
+        return {"score": round(score, 3), "threshold": round(self.threshold, 3), "tile": tile,
+                "frame": frame.index, "latency_ms": round(latency_ms, 1),
+                "tiles": [round(float(s), 2) if np.isfinite(s) else None for s in tile_scores],
+                "grid": [self.grid.cols, self.grid.rows]}
+
+    # ------------------------------------------------------------------ reload
+    def unchanged_by(self, cfg: CameraConfig, new: Config) -> bool:
+        """Whether a reloaded config leaves this camera as it is (then it keeps running)."""
+        old = self.config
+        return (self.cfg == cfg and not self.source.exhausted()  # an ended clip plays again
+                and new.capture == old.capture and new.alerts == old.alerts
+                and new.calibration == old.calibration
+                and cfg.calibration_path(new) == self.calibration_path)
+
+    def reload(self, cfg: CameraConfig, config: Config, plan: CalibrationPlan) -> None:
+        """The same camera, with its calibration file read again (an edited threshold, or a
+        new `pathwatch calibrate`). A file that cannot be used changes nothing: the calibration
+        in use (or the collection under way) goes on."""
+        self.cfg, self.config, self.plan = cfg, config, plan
+        path = self.calibration_path
+        if self.lifecycle is Lifecycle.REFUSED:
+            self.grid = None  # checked against the grid with the next frame
+            self._read_calibration()
+            return
+        if self.collecting:
+            # Only a file written since the collection began (`pathwatch calibrate`) ends it.
+            fresh = (path.exists() and path.stat().st_mtime > self._collect_started
+                     and not self._ignores_saved_file())
+            if not fresh:
+                return
+        elif not path.exists():
+            log.warning("camera %s: %s is gone; keeping the calibration in use", self.name, path)
+            return
+        try:
+            cal = Calibration.load(path)
+            if self.grid is not None:
+                cal.check(self.bundle.identity(), self.grid, path)
+        except CalibrationError as e:
+            log.error("camera %s: %s; keeping %s", self.name, e,
+                      "the collection under way" if self.collecting else "the calibration in use")
+            return
+        self.calibration, self._collected = cal, []
+        if self.grid is None:
+            self.lifecycle = Lifecycle.PENDING
+            return
+        self.lifecycle = Lifecycle.SCORING
+        self._announce("online", f"calibration {path} reloaded, threshold {self.threshold:.2f}")
+
+    # ------------------------------------------------------------------ reporting
+    def reported_state(self, source_state: str) -> str:
+        if self.lifecycle is Lifecycle.REFUSED:
+            return "refused"
+        if source_state != "online":
+            return source_state
+        if self.collecting:
+            return "calibrating"
+        return "alerting" if self.tracker.active else "online"
+
+    def stats(self) -> CameraStats:
+        s = self.source.stats()
+        lat = sorted(self._latency_ms)
+        threshold = self.threshold
+        return CameraStats(
+            state=self.reported_state(s["state"]), source=s["state"],
+            lifecycle=self.lifecycle.value,
+            camera_fps=round(s["camera_fps"], 2),
+            process_fps=round(self._processed.per_second(time.monotonic()), 2),
+            skipped=s["skipped"], dropped=s["dropped"],
+            skipped_fps=round(max(0.0, s["camera_fps"] - s["delivered_fps"]), 2),
+            reconnects=s["reconnects"],
+            score=None if self._last_score is None else round(self._last_score, 3),
+            threshold=round(threshold, 3) if math.isfinite(threshold) else None,
+            latency_p50_ms=round(lat[len(lat) // 2], 1) if lat else None,
+            latency_p99_ms=round(lat[int(len(lat) * 0.99)], 1) if lat else None,
+            refused=self.refused)

@@ -1,0 +1,218 @@
+"""edge.camera: a camera's lifecycle as a table, driven through real sources (a video written by
+OpenCV, a closed network port), the tiny trained bundle on ONNX Runtime and real calibration
+files."""
+import json
+import socket
+import time
+
+import cv2
+import numpy as np
+import pytest
+from skimage import data
+
+from pathwatch.edge.backends import load_backend
+from pathwatch.edge.bundle import Bundle
+from pathwatch.edge.camera import CalibrationPlan, Camera, Lifecycle
+from pathwatch.edge.config import parse_config
+
+FRAMES = 20  # the fewest a calibration accepts
+
+
+# ------------------------------------------------------------------ the reported state, as a table
+# (lifecycle, source state, alert open) -> the one word heartbeat, stats, view and metrics show.
+REPORTED = [
+    (Lifecycle.REFUSED, "online", False, "refused"),
+    (Lifecycle.REFUSED, "reconnecting", False, "refused"),
+    (Lifecycle.COLLECTING, "online", False, "calibrating"),
+    (Lifecycle.COLLECTING, "connecting", False, "connecting"),
+    (Lifecycle.COLLECTING, "reconnecting", False, "reconnecting"),
+    (Lifecycle.COLLECTING, "offline", False, "offline"),
+    (Lifecycle.PENDING, "online", False, "online"),
+    (Lifecycle.PENDING, "reconnecting", False, "reconnecting"),
+    (Lifecycle.SCORING, "online", False, "online"),
+    (Lifecycle.SCORING, "online", True, "alerting"),
+    (Lifecycle.SCORING, "reconnecting", True, "reconnecting"),
+    (Lifecycle.SCORING, "offline", False, "offline"),
+]
+
+
+@pytest.mark.parametrize("lifecycle, source, alert_open, expected", REPORTED)
+def test_reported_state_never_hides_a_dead_source(tmp_path, tiny_bundle, lifecycle, source,
+                                                  alert_open, expected):
+    camera, _ = make_camera(tmp_path, tiny_bundle, "demo")
+    camera.lifecycle = lifecycle
+    if alert_open:
+        camera.tracker.update(0.0, 9.0, 1.0)
+        camera.tracker.update(0.1, 9.0, 1.0)
+        assert camera.tracker.active
+    assert camera.reported_state(source) == expected
+
+
+# ------------------------------------------------------------------ transitions, with real parts
+def write_video(path, frames=60, size=(160, 120)):
+    base = cv2.resize(cv2.cvtColor(data.coffee(), cv2.COLOR_RGB2BGR), size).astype(np.float32)
+    rng = np.random.default_rng(0)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, size)
+    for _ in range(frames):
+        writer.write(np.clip(base + rng.normal(0, 2.0, base.shape), 0, 255).astype(np.uint8))
+    writer.release()
+    return path
+
+
+def make_camera(tmp_path, bundle_dir, source, plan=None, **camera):
+    cam = {"name": "cam", "source": source, "fps": None, "tiles": [2, 2], **camera}
+    config = parse_config(json.dumps({
+        "state_dir": str(tmp_path / "state"), "calibration": {"frames": FRAMES},
+        "capture": {"open_timeout_s": 2.0, "reconnect_after_s": 1.0, "backoff_max_s": 1.0},
+        "cameras": [cam]}), "test")
+    statuses = []
+    camera = Camera(config.cameras[0], config, Bundle.load(bundle_dir),
+                    plan or CalibrationPlan(frames=FRAMES),
+                    lambda name, state, detail: statuses.append(state))
+    return camera, statuses
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_bundle):
+    b = load_backend(Bundle.load(tiny_bundle), "onnxruntime", threads=1, log=lambda m: None)
+    yield b
+    b.close()
+
+
+def run_frames(camera, backend, n, timeout=60.0):
+    """Feed up to n frames through the camera as the daemon's loop does; returns the results."""
+    results, deadline = [], time.monotonic() + timeout
+    while len(results) < n and time.monotonic() < deadline:
+        frame, _ = camera.next_frame()
+        if frame is None:
+            camera.check_source_end()
+            time.sleep(0.005)
+            continue
+        feats, maps = backend(camera.tiles(frame))
+        results.append(camera.observe(frame, feats, maps))
+    return results
+
+
+@pytest.fixture
+def video(tmp_path):
+    return str(write_video(tmp_path / "scene.avi"))
+
+
+def calibrated(tmp_path, tiny_bundle, backend, video, **camera):
+    """A camera that calibrated itself on the video (collecting -> scoring), stopped."""
+    cam, statuses = make_camera(tmp_path, tiny_bundle, video, **camera)
+    cam.start()
+    try:
+        assert cam.lifecycle is Lifecycle.COLLECTING
+        run_frames(cam, backend, FRAMES)
+    finally:
+        cam.stop(2.0, "test")
+    return cam, statuses
+
+
+def test_no_calibration_collects_then_scores_and_saves(tmp_path, tiny_bundle, backend, video):
+    cam, statuses = calibrated(tmp_path, tiny_bundle, backend, video)
+    assert cam.lifecycle is Lifecycle.SCORING and cam.calibrated_here
+    assert "calibrating" in statuses and statuses[-2:] == ["online", "offline"]
+    saved = json.loads(cam.calibration_path.read_text())
+    assert saved["frames"]["total"] == FRAMES and saved["grid"]["tiles"] == [2, 2]
+
+
+def test_no_calibration_and_no_auto_calibration_is_refused(tmp_path, tiny_bundle, video):
+    cam, statuses = make_camera(tmp_path, tiny_bundle, video, auto_calibrate=False)
+    cam.start()
+    try:
+        assert cam.lifecycle is Lifecycle.REFUSED and cam.next_frame() == (None, None)
+        assert "pathwatch calibrate --camera cam" in cam.refused and statuses[0] == "refused"
+        assert cam.stats().state == "refused"
+    finally:
+        cam.stop(2.0, "test")
+
+
+def test_saved_calibration_is_pending_until_a_frame_shows_it_fits(tmp_path, tiny_bundle, backend, video):
+    calibrated(tmp_path, tiny_bundle, backend, video)
+    cam, statuses = make_camera(tmp_path, tiny_bundle, video)
+    cam.start()
+    try:
+        assert cam.lifecycle is Lifecycle.PENDING
+        results = run_frames(cam, backend, 3)
+        assert cam.lifecycle is Lifecycle.SCORING and "online" in statuses
+        assert all(r.latency_ms is not None for r in results)  # scored, not collected
+    finally:
+        cam.stop(2.0, "test")
+
+
+@pytest.mark.parametrize("auto, expected", [(True, Lifecycle.COLLECTING), (False, Lifecycle.REFUSED)])
+def test_calibration_for_another_frame_size(tmp_path, tiny_bundle, backend, video, auto, expected):
+    calibrated(tmp_path, tiny_bundle, backend, video)
+    other = str(write_video(tmp_path / "wide.avi", size=(200, 120)))
+    cam, _ = make_camera(tmp_path, tiny_bundle, other, auto_calibrate=auto)
+    cam.start()
+    try:
+        assert cam.lifecycle is Lifecycle.PENDING
+        deadline = time.monotonic() + 30
+        while cam.lifecycle is Lifecycle.PENDING and time.monotonic() < deadline:
+            cam.next_frame()
+            time.sleep(0.01)
+        assert cam.lifecycle is expected
+        if not auto:
+            assert "frame_size" in cam.refused and "recalibrate" in cam.refused
+    finally:
+        cam.stop(2.0, "test")
+
+
+def test_damaged_calibration_file_collects_anew(tmp_path, tiny_bundle, video):
+    cam, _ = make_camera(tmp_path, tiny_bundle, video)
+    cam.calibration_path.parent.mkdir(parents=True)
+    cam.calibration_path.write_text("{not json")
+    cam.start()
+    try:
+        assert cam.lifecycle is Lifecycle.COLLECTING
+    finally:
+        cam.stop(2.0, "test")
+
+
+def test_a_clip_that_ends_too_soon_refuses_with_the_count(tmp_path, tiny_bundle, backend):
+    short = str(write_video(tmp_path / "short.avi", frames=8))
+    cam, _ = make_camera(tmp_path, tiny_bundle, short, on_end="stop")
+    cam.start()
+    try:
+        run_frames(cam, backend, 8, timeout=20)
+        deadline = time.monotonic() + 20
+        while cam.lifecycle is Lifecycle.COLLECTING and time.monotonic() < deadline:
+            run_frames(cam, backend, 1, timeout=0.2)
+        assert cam.lifecycle is Lifecycle.REFUSED and "after 8 processed frames" in cam.refused
+    finally:
+        cam.stop(2.0, "test")
+
+
+def test_reload_reads_a_new_calibration_file(tmp_path, tiny_bundle, backend, video):
+    cam, _ = calibrated(tmp_path, tiny_bundle, backend, video)
+    saved = json.loads(cam.calibration_path.read_text())
+    saved["threshold"]["value"] = 123.0
+    cam.calibration_path.write_text(json.dumps(saved))
+    cam.reload(cam.cfg, cam.config, cam.plan)
+    assert cam.lifecycle is Lifecycle.SCORING and cam.threshold == 123.0
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+def test_unreachable_source_is_reported_as_such_whatever_the_calibration(tmp_path, tiny_bundle):
+    cam, statuses = make_camera(tmp_path, tiny_bundle, f"rtsp://127.0.0.1:{closed_port()}/live")
+    cam.start()
+    try:
+        assert cam.lifecycle is Lifecycle.COLLECTING
+        deadline = time.monotonic() + 30
+        while "reconnecting" not in statuses and time.monotonic() < deadline:
+            assert cam.next_frame() == (None, None)
+            time.sleep(0.05)
+        stats = cam.stats()
+        assert stats.state == stats.source == "reconnecting" and not stats.online
+        assert stats.lifecycle == "collecting" and stats.process_fps == 0.0
+    finally:
+        cam.stop(2.0, "test")
+    assert cam.stats().state == "offline"
