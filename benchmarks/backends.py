@@ -16,7 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 
@@ -31,7 +30,7 @@ def timed(fn, images, repeats: int) -> float:
 def main() -> int:
     from pathwatch.edge.backends import load_backend
     from pathwatch.edge.bundle import Bundle
-    from pathwatch.edge.datasets import load_images
+    from pathwatch.edge.datasets import load_images, to_model_input
     from pathwatch.export.bundle_export import build_pipeline, export_bundle
     from pathwatch.export.checkpoint import load_checkpoint
     from pathwatch.export.features import FeatureSpec
@@ -72,8 +71,7 @@ def main() -> int:
     torch_b = load_backend(bundle, "torch", threads=a.threads, warmup=False, log=lambda m: None)
 
     def ort_float(images):
-        x = images.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
-        return float_sess.run(None, {"x": x})
+        return float_sess.run(None, {"x": to_model_input(images)})
 
     configs = {"torch (uint8 in)": torch_b, "onnxruntime uint8 NHWC in": ort_u8,
                "onnxruntime float NCHW in": ort_float}

@@ -20,7 +20,10 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
+from pydantic import ConfigDict, Field, model_validator
+
 from .clock import iso_time
+from .strict import Strict
 
 STATES = ("start", "update", "end")
 
@@ -32,23 +35,30 @@ def _finite_or_none(x: float | None, digits: int) -> float | None:
     return round(float(x), digits)
 
 
-@dataclass(frozen=True)
-class AlertPolicy:
-    trigger_frames: int = 3
-    window_frames: int = 5
-    update_interval_s: float = 2.0
-    quiet_s: float = 3.0
-    cooldown_s: float = 10.0
+class AlertPolicy(Strict):
+    """When an alert starts, updates and ends. The config's `alerts:` section is one of these
+    (plus what an alert carries), so the file's keys, defaults and checks are these fields.
+    Frozen: a tracker sizes its window from it once."""
+    model_config = ConfigDict(frozen=True)
 
-    def __post_init__(self) -> None:
-        if not 1 <= self.trigger_frames <= self.window_frames:
-            raise ValueError(f"alert policy: need 1 <= trigger_frames ({self.trigger_frames}) <= "
+    trigger_frames: int = Field(3, ge=1, description="an alert starts when this many of the "
+                                "last window_frames frames are over the threshold")
+    window_frames: int = Field(5, ge=1, description="frames in the sliding window that "
+                               "trigger_frames counts over")
+    update_interval_s: float = Field(2.0, ge=0.0, description="at most one update event per "
+                                     "this many seconds while an alert is active")
+    quiet_s: float = Field(3.0, ge=0.0, description="the alert ends after this long with no "
+                           "frame over the threshold")
+    cooldown_s: float = Field(10.0, ge=0.0, description="no new alert for this long after one "
+                              "ends")
+
+    @model_validator(mode="after")
+    def _trigger_fits_window(self):
+        if self.trigger_frames > self.window_frames:
+            raise ValueError(f"trigger_frames ({self.trigger_frames}) must not exceed "
                              f"window_frames ({self.window_frames}); lower trigger_frames or "
                              "raise window_frames")
-        for name in ("update_interval_s", "quiet_s", "cooldown_s"):
-            value = getattr(self, name)
-            if not value >= 0:  # also refuses NaN
-                raise ValueError(f"alert policy: {name} is {value}; it must be a number >= 0")
+        return self
 
 
 @dataclass
@@ -98,7 +108,7 @@ class _Active:
 class AlertTracker:
     """One camera's alert state. Not thread-safe: the frame loop owns it."""
     camera: str
-    policy: AlertPolicy = field(default_factory=AlertPolicy)
+    policy: AlertPolicy = field(default_factory=AlertPolicy)  # config.alerts is one
 
     def __post_init__(self) -> None:
         self.window: collections.deque[bool] = collections.deque(maxlen=self.policy.window_frames)

@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator, model_validator
+
+from .alerts import AlertPolicy
+from .backends import KINDS
+from .strict import Strict
 
 ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 NAME_PATTERN = r"[A-Za-z0-9_-]{1,32}"
@@ -25,28 +28,11 @@ class ConfigError(ValueError):
     """One line: where, what, and how to fix it."""
 
 
-class Strict(BaseModel):
-    """Base of every section: unknown keys are errors, assignments are validated too."""
-    # inf/nan from YAML (.inf, .nan) would make a threshold that never fires or a heartbeat
-    # that never comes: refused like any other bad number.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        # YAML reads `yes`/`true` as booleans and pydantic would quietly turn them into 1.
-        if isinstance(value, bool):
-            annotation = cls.model_fields[info.field_name].annotation
-            if annotation is not bool and bool not in get_args(annotation):
-                raise ValueError(f"expected a number or text, not the boolean {str(value).lower()}")
-        return value
-
-
 class ModelSection(Strict):
     """Which exported model runs, and on what."""
     bundle: str = Field("default", description="'default' (the bundled model, exported on first "
                         "use) or a bundle directory")
-    backend: Literal["auto", "onnxruntime", "tensorrt", "torch"] = "auto"
+    backend: Literal[KINDS] = "auto"  # type: ignore[valid-type]
     threads: int | None = Field(None, ge=1, description="CPU threads for the backend")
     max_batch: int = Field(64, ge=1, le=4096, description="most tiles per backend call")
     precision: Literal["fp16", "fp32"] = Field("fp16", description="GPU precision (TensorRT "
@@ -64,22 +50,12 @@ class CalibrationSection(Strict):
     density: Literal["auto", "gmm-bic", "gmm-cv", "kde"] = "auto"
 
 
-class AlertsSection(Strict):
-    """The alert state machine: when an alert starts, updates and ends."""
-    trigger_frames: int = Field(3, ge=1)
-    window_frames: int = Field(5, ge=1)
-    update_interval_s: float = Field(2.0, ge=0.0)
-    quiet_s: float = Field(3.0, ge=0.0)
-    cooldown_s: float = Field(10.0, ge=0.0)
-    snapshot: bool = True
-    heatmap: bool = True
-
-    @model_validator(mode="after")
-    def _trigger_fits_window(self):
-        if self.trigger_frames > self.window_frames:
-            raise ValueError(f"trigger_frames ({self.trigger_frames}) must not exceed "
-                             f"window_frames ({self.window_frames})")
-        return self
+class AlertsSection(AlertPolicy):
+    """The alert state machine's policy (it is what each camera's tracker runs on), plus what
+    an alert carries."""
+    snapshot: bool = Field(True, description="attach a JPEG of the frame to start/update events")
+    heatmap: bool = Field(True, description="attach a PNG heatmap of the tiles to start/update "
+                          "events")
 
 
 class PublisherSection(Strict):

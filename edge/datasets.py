@@ -84,11 +84,26 @@ def dataset_names() -> list[str]:
     return list(_NAMED)
 
 
+# The model sees pixels 0..255 linearly mapped onto [-1, 1].
+PIXEL_SCALE = 127.5
+
+
+def to_unit_range(pixels):
+    """Float pixel values 0..255 (numpy array or torch tensor) -> [-1, 1]. The exported graph
+    runs this same expression in torch, so numpy and the graph agree bit for bit."""
+    return pixels / PIXEL_SCALE - 1.0
+
+
+def from_unit_range(x):
+    """[-1, 1] -> pixel values 0..255 (float; round and cast to get an image)."""
+    return (x + 1.0) * PIXEL_SCALE
+
+
 def to_model_input(images_uint8: np.ndarray) -> np.ndarray:
     """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [-1, 1]."""
     if images_uint8.dtype != np.uint8 or images_uint8.ndim != 4 or images_uint8.shape[-1] != 3:
         raise ValueError(f"expected uint8 (N, H, W, 3), got {images_uint8.dtype} {images_uint8.shape}")
-    x = images_uint8.astype(np.float32) / 127.5 - 1.0
+    x = to_unit_range(images_uint8.astype(np.float32))
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 

@@ -16,7 +16,6 @@ import shutil
 import time
 import warnings
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
@@ -25,7 +24,8 @@ import torch
 
 from pathwatch.edge.bundle import (CONTRACT_KEY, FORMAT, FORMAT_VERSION, GRAPH, PARITY, WEIGHTS, Bundle,
                          canonical, contract_of, sha256_of, write_json_atomic)
-from pathwatch.edge.datasets import load_images
+from pathwatch.edge.clock import iso_now
+from pathwatch.edge.datasets import PIXEL_SCALE, load_images
 from pathwatch.edge.evaluation import default_density
 from pathwatch.edge.parity import ParityReport, compare
 
@@ -124,13 +124,13 @@ def make_manifest(loaded: LoadedModel, source_sha: str, name: str, sched: Reduce
     label = spec.label
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": iso_now("seconds"),
         "model": {"name": name, "config": cfg.to_dict(), "weights_sha256": loaded.weights_sha256,
                   "source_sha256": source_sha, "parameters": sum(p.numel() for p in loaded.model.parameters())},
         "weights_file": WEIGHTS,
         "input": {"name": "images", "dtype": "uint8", "layout": "NHWC", "height": cfg.image_size,
                   "width": cfg.image_size, "channels": 3, "color_order": "RGB",
-                  "value_range": [0, 255], "normalisation": "x / 127.5 - 1 (inside the graph)",
+                  "value_range": [0, 255], "normalisation": f"x / {PIXEL_SCALE} - 1 (inside the graph)",
                   "grayscale": "repeat to 3 channels", "resize": "area"},
         "schedule": {**sched.to_dict(), "k": sched.k, "clip_denoised": cfg.clip_denoised,
                      "rescale_timesteps": cfg.rescale_timesteps},

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from pathwatch.edge.datasets import to_model_input
+from pathwatch.edge.datasets import to_model_input, to_unit_range
 
 from .features import FeatureSpec, features_from_path, path_for, ssim_dissimilarity
 from .paths import eps_fn_for
@@ -36,7 +36,7 @@ class DiffPathPipeline(nn.Module):
         if not self.uint8_input:
             return images
         # Cast first: TensorRT wants a uint8 input converted before any other layer.
-        return images.float().permute(0, 3, 1, 2) / 127.5 - 1.0
+        return to_unit_range(images.float().permute(0, 3, 1, 2))
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

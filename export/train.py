@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from pathwatch.edge.datasets import load_images, to_model_input
+from pathwatch.edge.datasets import from_unit_range, load_images, to_model_input
 
 from .checkpoint import save_checkpoint
 from .paths import ddim_sample, eps_fn_for, training_loss
@@ -158,7 +158,7 @@ class Trainer:
         g = torch.Generator().manual_seed(self.s.seed)
         x = ddim_sample(eps_fn_for(self.ema), (self.s.samples, cfg.in_channels, cfg.image_size,
                                                 cfg.image_size), cfg, steps, g, self.s.device)
-        imgs = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        imgs = from_unit_range(x.clamp(-1, 1)).round().byte().permute(0, 2, 3, 1).cpu().numpy()
         path = self.out / "samples.png"
         cv2.imwrite(str(path), cv2.cvtColor(image_grid(imgs), cv2.COLOR_RGB2BGR))
         return path

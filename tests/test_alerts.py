@@ -9,6 +9,11 @@ from pathwatch.edge.alerts import AlertPolicy, AlertTracker
 THR = 1.0
 
 
+def policy(trigger: int, window: int, **durations) -> AlertPolicy:
+    """`trigger` of the last `window` frames over the threshold start an alert."""
+    return AlertPolicy(trigger_frames=trigger, window_frames=window, **durations)
+
+
 def feed(tracker, scores, t0=0.0, dt=0.1):
     """Feed scores one frame every dt seconds; returns every event with its frame's time."""
     events = []
@@ -34,7 +39,7 @@ def test_starts_only_when_n_of_the_last_m_frames_are_over():
 
 
 def test_updates_are_rate_limited_and_carry_the_peak():
-    tr = AlertTracker("cam", AlertPolicy(1, 1, update_interval_s=1.0, quiet_s=5.0))
+    tr = AlertTracker("cam", policy(1, 1, update_interval_s=1.0, quiet_s=5.0))
     scores = [2, 3, 9, 3, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2]
     ev = feed(tr, scores, dt=0.1)  # 2.4 s of frames over threshold
     assert states(ev) == ["start", "update", "update"]
@@ -47,7 +52,7 @@ def test_updates_are_rate_limited_and_carry_the_peak():
 
 
 def test_ends_after_quiet_seconds_without_a_frame_over():
-    tr = AlertTracker("cam", AlertPolicy(1, 1, update_interval_s=100, quiet_s=1.0, cooldown_s=0))
+    tr = AlertTracker("cam", policy(1, 1, update_interval_s=100, quiet_s=1.0, cooldown_s=0))
     feed(tr, [5])
     # Dips below threshold shorter than quiet_s keep the alert open.
     assert feed(tr, [0] * 9 + [5] + [0] * 9, t0=0.1) == []
@@ -60,7 +65,7 @@ def test_ends_after_quiet_seconds_without_a_frame_over():
 
 
 def test_no_new_alert_during_cooldown_then_a_new_one_with_a_new_id():
-    tr = AlertTracker("cam", AlertPolicy(2, 3, update_interval_s=100, quiet_s=0.5, cooldown_s=5.0))
+    tr = AlertTracker("cam", policy(2, 3, update_interval_s=100, quiet_s=0.5, cooldown_s=5.0))
     first = feed(tr, [5, 5, 0, 0, 0, 0, 0, 0])
     assert states(first) == ["start", "end"]
     end_time = first[-1].time
@@ -72,7 +77,7 @@ def test_no_new_alert_during_cooldown_then_a_new_one_with_a_new_id():
 
 
 def test_the_window_starts_afresh_after_an_end():
-    tr = AlertTracker("cam", AlertPolicy(3, 5, update_interval_s=100, quiet_s=0.3, cooldown_s=0))
+    tr = AlertTracker("cam", policy(3, 5, update_interval_s=100, quiet_s=0.3, cooldown_s=0))
     assert states(feed(tr, [5, 5, 5, 0, 0, 0, 0])) == ["start", "end"]
     # Frames over threshold from before the end must not count towards the next start.
     assert feed(tr, [5, 5], t0=1.0) == []
@@ -80,18 +85,18 @@ def test_the_window_starts_afresh_after_an_end():
 
 
 def test_alert_id_is_stable_over_an_alert_and_unique():
-    tr = AlertTracker("door", AlertPolicy(1, 1, update_interval_s=0.2, quiet_s=0.5, cooldown_s=0))
+    tr = AlertTracker("door", policy(1, 1, update_interval_s=0.2, quiet_s=0.5, cooldown_s=0))
     ev = feed(tr, [5] * 10 + [0] * 6)
     assert states(ev)[0] == "start" and states(ev)[-1] == "end" and "update" in states(ev)
     assert len({e.alert_id for e in ev}) == 1
     assert ev[0].alert_id.startswith("door-19700101T000000-")
     # Same camera, same start time (a restart replaying the same video): still distinct ids.
-    ids = {feed(AlertTracker("door", AlertPolicy(1, 1)), [5])[0].alert_id for _ in range(50)}
+    ids = {feed(AlertTracker("door", policy(1, 1)), [5])[0].alert_id for _ in range(50)}
     assert len(ids) == 50
 
 
 def test_close_ends_an_open_alert_and_nothing_otherwise():
-    tr = AlertTracker("cam", AlertPolicy(1, 1, cooldown_s=10))
+    tr = AlertTracker("cam", policy(1, 1, cooldown_s=10))
     assert tr.close(0.0) is None
     start = feed(tr, [4, 7, 3])[0]
     end = tr.close(10.0, "reload")
@@ -104,7 +109,7 @@ def test_close_ends_an_open_alert_and_nothing_otherwise():
 
 
 def test_to_header_is_strict_json_with_iso_times():
-    tr = AlertTracker("cam", AlertPolicy(1, 1, update_interval_s=0))
+    tr = AlertTracker("cam", policy(1, 1, update_interval_s=0))
     tr.update(1_700_000_000.0, 5.123456, THR, (3, 2), 7)
     (update,) = tr.update(1_700_000_001.5, math.nan, THR, (0, 0), 8)
     h = update.to_header()
@@ -125,3 +130,21 @@ def test_to_header_is_strict_json_with_iso_times():
 def test_policy_refuses_impossible_settings(kwargs, field):
     with pytest.raises(ValueError, match=field):
         AlertPolicy(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"trigger_frame": 3}, "trigger_frame"),  # a misspelt key is not quietly ignored
+    ({"trigger_frames": True}, "trigger_frames"),  # nor is a boolean read as 1
+])
+def test_policy_refuses_unknown_keys_and_booleans(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        AlertPolicy(**kwargs)
+
+
+def test_policy_defaults_and_is_frozen():
+    # The tracker sizes its window from the policy once: changing it afterwards must fail.
+    p = AlertPolicy()
+    assert (p.trigger_frames, p.window_frames, p.update_interval_s, p.quiet_s, p.cooldown_s) == \
+        (3, 5, 2.0, 3.0, 10.0)
+    with pytest.raises(ValueError, match="frozen"):
+        p.window_frames = 9

@@ -8,6 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
+from pathwatch.edge.alerts import AlertPolicy, AlertTracker
+from pathwatch.edge.backends import KINDS
 from pathwatch.edge.config import (CameraConfig, Config, ConfigError, config_schema, config_summary,
                          load_config, parse_config)
 
@@ -201,7 +203,17 @@ def test_unknown_key_with_no_close_match_lists_known_keys():
     (with_camera("""\
      alerts:
        trigger_frames: 6
-     """), "pathwatch.yaml:1: alerts: trigger_frames (6) must not exceed window_frames (5)"),
+     """), "pathwatch.yaml:1: alerts: trigger_frames (6) must not exceed window_frames (5); "
+        "lower trigger_frames or raise window_frames"),
+    (with_camera("""\
+     alerts:
+       quiet_s: -1
+     """), "pathwatch.yaml:2: alerts.quiet_s: must be greater than or equal to 0 (got -1)"),
+    (with_camera("""\
+     alerts:
+       trigger_frames: yes
+     """), "pathwatch.yaml:2: alerts.trigger_frames: expected a number or text, not the boolean "
+        "true"),
     ("cameras: []\n", "pathwatch.yaml:1: cameras: no cameras"),
     ("""\
      model:
@@ -463,8 +475,11 @@ def test_schema_is_a_json_schema_with_the_sections():
     camera = schema["$defs"]["CameraConfig"]
     assert camera["additionalProperties"] is False
     assert {"name", "source", "roi", "tiles", "ignore", "fps"} <= set(camera["properties"])
-    assert set(schema["$defs"]["ModelSection"]["properties"]["backend"]["enum"]) == \
-        {"auto", "onnxruntime", "tensorrt", "torch"}
+    assert schema["$defs"]["ModelSection"]["properties"]["backend"]["enum"] == list(KINDS)
+    alerts = schema["$defs"]["AlertsSection"]
+    assert alerts["additionalProperties"] is False
+    for key in AlertPolicy.model_fields:  # documented once, on the policy
+        assert alerts["properties"][key]["description"]
 
 
 def test_config_check_warns_about_an_open_bind_and_a_missing_bundle(tmp_path, capsys):
@@ -485,3 +500,28 @@ def test_config_check_warns_about_an_open_bind_and_a_missing_bundle(tmp_path, ca
     assert "publisher.bind tcp://0.0.0.0:5556 is reachable from the network without encryption" in err
     assert "replay_bind" not in err  # still on loopback
     assert f"model.bundle {tmp_path / 'not-yet'} is not a bundle directory" in err
+
+
+# ------------------------------------------------------------------------------ alerts
+def test_the_alerts_section_is_the_trackers_policy():
+    config = parse(with_camera("""\
+        alerts:
+          trigger_frames: 1
+          window_frames: 2
+          quiet_s: 0.5
+          cooldown_s: 0
+          snapshot: false
+        """))
+    assert isinstance(config.alerts, AlertPolicy) and not config.alerts.snapshot
+    tracker = AlertTracker("demo", config.alerts)
+    assert tracker.policy is config.alerts and tracker.window.maxlen == 2
+    (start,) = tracker.update(0.0, 5.0, 1.0)  # trigger_frames: 1 starts at the first frame
+    (end,) = tracker.update(0.6, 0.0, 1.0)  # quiet_s: 0.5 ends it
+    assert (start.state, end.state, end.reason) == ("start", "end", "quiet")
+    assert tracker.update(0.7, 5.0, 1.0)[0].state == "start"  # cooldown_s: 0
+
+
+def test_alerts_defaults_are_the_policys():
+    config = parse(ONE_CAMERA)
+    policy = AlertPolicy()
+    assert {k: getattr(config.alerts, k) for k in AlertPolicy.model_fields} == policy.model_dump()

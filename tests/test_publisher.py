@@ -38,8 +38,8 @@ def stream(tmp_path):
 
 def alert_cycle(bus, camera="cam", t0=1_700_000_000.0, attachments=True):
     """start, update, update, end from the real state machine, through the bus."""
-    tracker = AlertTracker(camera, AlertPolicy(2, 3, update_interval_s=0.5, quiet_s=0.5,
-                                               cooldown_s=0))
+    tracker = AlertTracker(camera, AlertPolicy(trigger_frames=2, window_frames=3,
+                                               update_interval_s=0.5, quiet_s=0.5, cooldown_s=0))
     headers = []
     for i, score in enumerate([5, 5, 6, 7, 8, 0, 0, 0, 0]):
         for event in tracker.update(t0 + i * 0.3, score, 1.0, [1, 0], i):
@@ -174,7 +174,7 @@ def test_gaps_are_filled_from_the_journal(stream):
     assert got[0].attachments == [SNAPSHOT, HEATMAP]
     # A live alert whose seq jumps: the events between come from replay, first.
     missed = alert_cycle(away, t0=1.76e9)  # seq 9..12
-    tracker = AlertTracker("cam", AlertPolicy(1, 1))
+    tracker = AlertTracker("cam", AlertPolicy(trigger_frames=1, window_frames=1))
     live = bus.alert(tracker.update(1.77e9, 9.0, 1.0, [0, 0])[0], {}, {})
     got = collect(sub, 5)
     assert seqs(got) == [("cam", s) for s in (9, 10, 11, 12, 13)]
@@ -189,7 +189,7 @@ def test_a_live_only_subscriber_does_not_replay_history(stream):
     alert_cycle(bus)
     sub = AlertSubscriber(pub, replay)
     wait_connected(bus, sub)  # the heartbeat tells it where the camera stands
-    tracker = AlertTracker("cam", AlertPolicy(1, 1))
+    tracker = AlertTracker("cam", AlertPolicy(trigger_frames=1, window_frames=1))
     bus.alert(tracker.update(1.8e9, 3.0, 1.0, [0, 0])[0], {}, {})
     assert seqs(collect(sub, 1)) == [("cam", 5)]
     assert list(sub.events(timeout_s=0.3)) == [] and sub.recovered == 0
@@ -202,7 +202,7 @@ def test_a_backlog_subscriber_starts_with_each_cameras_last_events(stream):
     alert_cycle(bus, t0=1_700_000_100.0)  # seq 1..8
     sub = AlertSubscriber(pub, replay, backlog=3)
     assert seqs(collect(sub, 3, bus=bus)) == [("cam", 6), ("cam", 7), ("cam", 8)]
-    tracker = AlertTracker("cam", AlertPolicy(1, 1))
+    tracker = AlertTracker("cam", AlertPolicy(trigger_frames=1, window_frames=1))
     bus.alert(tracker.update(1.8e9, 3.0, 1.0, [0, 0])[0], {}, {})
     assert seqs(collect(sub, 1)) == [("cam", 9)]
     assert sub.recovered == 3 and sub.missed == 0
@@ -220,7 +220,8 @@ def test_a_subscriber_that_overflows_gets_everything_back(tmp_path):
     try:
         wait_connected(bus, sub)
         big = bytes(200_000)
-        tracker = AlertTracker("cam", AlertPolicy(1, 1, update_interval_s=0, quiet_s=1e9))
+        tracker = AlertTracker("cam", AlertPolicy(trigger_frames=1, window_frames=1,
+                                                  update_interval_s=0, quiet_s=1e9))
         for i in range(100):  # 20 MB while the subscriber reads nothing
             for event in tracker.update(1e9 + i, 5.0, 1.0, [0, 0], i):
                 bus.alert(event, {}, {"snapshot.jpg": big})
@@ -335,7 +336,7 @@ def test_an_unreachable_replay_endpoint_is_reported_not_waited_on(tmp_path, stre
     gap = collect(sub, 1, timeout=5, bus=bus)[0]
     assert gap.topic == "missed.cam" and (gap.header["from_seq"], gap.header["to_seq"]) == (1, 4)
     assert sub.missed == 4
-    tracker = AlertTracker("cam", AlertPolicy(1, 1))
+    tracker = AlertTracker("cam", AlertPolicy(trigger_frames=1, window_frames=1))
     bus.alert(tracker.update(1.8e9, 3.0, 1.0, [0, 0])[0], {}, {})
     assert seqs(collect(sub, 1, timeout=5)) == [("cam", 5)]
     sub.close()

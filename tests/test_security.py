@@ -30,7 +30,7 @@ def secure_bus(keys):
     replay = ReplayServer("tcp://127.0.0.1:*", keys / "journal.sqlite", context=ctx, secure=curve.apply)
     replay.start()
     bus = AlertBus(journal, pub)
-    tracker = AlertTracker("cam", AlertPolicy(1, 1))
+    tracker = AlertTracker("cam", AlertPolicy(trigger_frames=1, window_frames=1))
     for e in tracker.update(time.time(), 9.0, 1.0, [0, 0]):
         bus.alert(e, {}, {})
     yield bus, pub.endpoint, replay.endpoint

@@ -51,7 +51,7 @@ def test_snapshot_from_real_messages(tmp_path):
         bus.heartbeat({"cameras": {"door": {"state": "online"}}})
         for m in sub.events(timeout_s=0.2):
             snap.apply(m.topic, m.header)
-    tracker = AlertTracker("door", AlertPolicy(1, 1))
+    tracker = AlertTracker("door", AlertPolicy(trigger_frames=1, window_frames=1))
     for e in tracker.update(time.time(), 12.5, 3.0, [2, 1]):
         bus.alert(e, {}, {})
     bus.status("door", "reconnecting", "no frame for 5.0 s")

@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 import re
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from ..bundle import Bundle
+from ..clock import iso_now
 from .base import Backend, BackendError
 
 PRECISIONS = ("fp16", "fp32")
@@ -126,7 +126,7 @@ def build_engine(bundle: Bundle, precision: str = "fp16", max_batch: int = 64,
              "precision": precision, "weights_sha256": bundle.weights_sha256,
              "graph_sha256": bundle.manifest["graph"]["sha256"], "min_batch": 1,
              "opt_batch": opt, "max_batch": max_batch, "build_s": round(seconds, 1),
-             "built": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+             "built": iso_now("seconds")}
     log(f"built {entry['file']} in {seconds:.0f} s")
     return entry
 
