@@ -42,8 +42,8 @@ def test_reported_state_never_hides_a_dead_source(tmp_path, tiny_bundle, lifecyc
     camera, _ = make_camera(tmp_path, tiny_bundle, "demo")
     camera.lifecycle = lifecycle
     if alert_open:
-        camera.tracker.update(0.0, 9.0, 1.0)
-        camera.tracker.update(0.1, 9.0, 1.0)
+        for i in range(camera.config.alerts.trigger_frames):
+            camera.tracker.update(0.1 * i, 9.0, 1.0)
         assert camera.tracker.active
     assert camera.reported_state(source) == expected
 
