@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from pathwatch.edge.bundle import (CONTRACT_KEY, FORMAT, FORMAT_VERSION, GRAPH, PARITY, WEIGHTS, Bundle,
-                         canonical, contract_of, sha256_of, write_json_atomic)
+                                   canonical, contract_of, default_density, sha256_of)
 from pathwatch.edge.datasets import load_images
-from pathwatch.edge.evaluation import default_density
+from pathwatch.edge.files import write_json_atomic
 from pathwatch.edge.parity import ParityReport, compare
 
 from .checkpoint import LoadedModel, load_checkpoint, save_checkpoint
