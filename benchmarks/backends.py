@@ -52,9 +52,9 @@ def main() -> int:
     bundle = Bundle.load(export_bundle(a.checkpoint, tmp / "bundle", spec, k=a.k, parity_n=32,
                                        log=lambda m: None).bundle.root)
     loaded = load_checkpoint(a.checkpoint)
-    sched_info = bundle.manifest["schedule"]
+    s = bundle.manifest.schedule
     from pathwatch.export.schedule import ReducedSchedule
-    sched = ReducedSchedule(sched_info["kind"], sched_info["steps"], tuple(sched_info["timesteps"]))
+    sched = ReducedSchedule(s.kind, s.steps, s.timesteps)
     float_graph = tmp / "float.onnx"
     float_pipe = build_pipeline(loaded, sched, spec)
     float_pipe.uint8_input = False

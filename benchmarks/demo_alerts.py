@@ -45,7 +45,7 @@ def calibrate(scene, backend, grid, bundle, frames: int, fps: float, policy_cfg:
     step = max(1, int(round(scene.fps / fps)))
     feats = np.stack([backend(grid.cut(scene.frame(i * step)[0]))[0] for i in range(frames)])
     return fit_calibration("demo", feats, grid, bundle.identity(), bundle.label,
-                           density=bundle.manifest["defaults"]["density"], fps=fps, **policy_cfg)
+                           density=bundle.default_density, fps=fps, **policy_cfg)
 
 
 def main() -> int:
@@ -85,7 +85,7 @@ def main() -> int:
                     {**policy_cfg, "false_alarms_per_hour": a.false_alarms_per_hour})
     cal_end = a.calibration_frames / a.fps
     report["calibration"] = {"frames": a.calibration_frames, "threshold": cal.threshold,
-                             "method": cal.data["threshold"]["method"]}
+                             "method": cal.threshold_method}
     events = [e for e in scene.events(a.minutes * 60) if e.start_s >= cal_end]
     starts, scores = run_stream(scene, backend, grid, cal, policy, a.minutes * 60 - cal_end,
                                 a.fps, start_s=cal_end)

@@ -187,17 +187,16 @@ def cmd_calibrate(a) -> int:
     if runtime is None or runtime.calibration is None or daemon.stop_event.is_set():
         raise ValueError(f"calibration of {a.camera} did not finish; nothing was written")
     cal = Calibration.load(runtime_path)
-    t = cal.data["threshold"]
-    out.print(f"wrote {escape(str(runtime_path))}: {cal.data['frames']['total']} frames "
-              f"({cal.data['frames']['holdout']} held out), threshold {t['value']:.2f} "
-              f"[{escape(t['method'])}]", highlight=False)
+    out.print(f"wrote {escape(str(runtime_path))}: {cal.frames_total} frames "
+              f"({cal.frames_holdout} held out), threshold {cal.threshold:.2f} "
+              f"[{escape(cal.threshold_method)}]", highlight=False)
     if previous is not None:
         out.print(f"replaced a calibration of {previous}; a running daemon uses the new one "
                   "after `systemctl reload pathwatch` (SIGHUP)", highlight=False)
-    if cal.data["frames"]["holdout"] < FEW_HOLDOUT_FRAMES:
+    if cal.frames_holdout < FEW_HOLDOUT_FRAMES:
         enough = math.ceil(FEW_HOLDOUT_FRAMES / config.calibration.holdout)
-        console.print(f"[yellow]warning:[/] {cal.data['frames']['holdout']} held-out frames are "
-                      f"few to set a threshold for {t['false_alarms_per_hour']:g} false alarms "
+        console.print(f"[yellow]warning:[/] {cal.frames_holdout} held-out frames are "
+                      f"few to set a threshold for {cal.false_alarms_per_hour:g} false alarms "
                       f"per hour; expect more false alerts, or collect --frames {enough} or "
                       "more", highlight=False, soft_wrap=True)
     return 0
@@ -214,8 +213,8 @@ def _describe_existing(path: Path) -> str | None:
         return None
     try:
         cal = Calibration.load(path)
-        return f"{cal.data['frames']['total']} frames, threshold {cal.threshold:.2f}"
-    except (CalibrationError, KeyError, TypeError):
+        return f"{cal.frames_total} frames, threshold {cal.threshold:.2f}"
+    except CalibrationError:
         return "an unreadable file"
 
 

@@ -281,15 +281,21 @@ def cmd_bundle_info(a) -> int:
 
     b = Bundle.load(a.bundle)
     m = b.manifest
+    parameters = "?" if m.model.parameters is None else f"{m.model.parameters:,}"
     print_mapping(str(b.root), {
-        "model": f"{m['model']['name']} ({m['model'].get('parameters', '?'):,} parameters)",
+        "model": f"{m.model.name} ({parameters} parameters)",
         "weights sha256": b.weights_sha256, "features": f"{b.label}: {', '.join(b.feature_names)}",
-        "timesteps": b.timesteps, "input": f"{m['input']['dtype']} {m['input']['layout']} "
-        f"{m['input']['height']}x{m['input']['width']} {m['input']['color_order']}",
-        "graph": f"{m['graph']['file']} opset {m['graph']['opset']}, {m['graph']['exporter']}",
+        "timesteps": b.timesteps, "input": f"{m.input.dtype} {m.input.layout} "
+        f"{m.input.height}x{m.input.width} {m.input.color_order}",
+        "graph": f"{m.graph.file} opset {m.graph.opset}, {m.graph.exporter}",
         "engines": ", ".join(e["file"] for e in b.engines) or "none",
-        "parity": m.get("parity", {}).get("onnxruntime_cpu", {}).get("passed", "not run")})
+        "parity": _parity_passed(m.parity)})
     return 0
+
+
+def _parity_passed(parity: dict):
+    report = parity.get("onnxruntime_cpu")
+    return report.get("passed", "not run") if isinstance(report, dict) else "not run"
 
 
 def _verify_backend(bundle, backend, precision: str):
@@ -310,7 +316,7 @@ def cmd_bundle_verify(a) -> int:
     bundle = Bundle.load(a.bundle)
     if a.checkpoint:
         sha = sha256_of(a.checkpoint)
-        known = {bundle.weights_sha256, bundle.manifest["model"].get("source_sha256")}
+        known = {bundle.weights_sha256, bundle.manifest.model.source_sha256}
         if sha not in known:
             raise UsageError(f"weights hash mismatch: {a.checkpoint} has sha256 {sha[:12]}..., "
                              f"the bundle was exported from {bundle.weights_sha256[:12]}...; "

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import write_json_atomic
+
 FORMAT = "pathwatch-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -45,10 +47,193 @@ REQUIRED = {
 
 # Manifest fields that are lists, and what their entries must be.
 LIST_FIELDS = {("features", "names"): str, ("schedule", "timesteps"): int}
+# How a field's expected type is named in messages (JSON's words: the file is JSON).
+JSON_KINDS = {str: "a string", int: "an integer", float: "a number", dict: "an object",
+              list: "a list"}
 
 
 class BundleError(ValueError):
     """A bundle that cannot be used as it is; the message says what and how to fix it."""
+
+
+def default_density(label: str) -> str:
+    """DiffPath-1D pairs a 1-D statistic with a KDE; everything else with a selected GMM."""
+    return "kde" if label.startswith("diffpath1d") else "gmm-bic"
+
+
+# ---------------------------------------------------------------------- the typed manifest
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    config: dict  # the improved-diffusion flags, as exported
+    weights_sha256: str
+    source_sha256: str | None  # the checkpoint exported (a .pt differs from the safetensors)
+    parameters: int | None
+
+
+@dataclass(frozen=True)
+class InputFormat:
+    name: str
+    dtype: str
+    layout: str
+    height: int
+    width: int
+    channels: int
+    color_order: str
+    value_range: tuple[float, ...]
+    resize: str
+
+
+@dataclass(frozen=True)
+class Schedule:
+    kind: str
+    steps: int
+    timesteps: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Features:
+    spec: dict  # FeatureSpec.to_dict(); copied out by Bundle.feature_spec
+    names: tuple[str, ...]
+    label: str | None  # FeatureSpec.label, as the exporter wrote it
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    file: str
+    sha256: str
+    opset: int
+    exporter: str
+
+
+@dataclass(frozen=True)
+class Defaults:
+    density: str  # the density kind the feature variant was measured with
+    max_batch: int | None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """manifest.json, checked and parsed once; `raw` is the file's JSON, kept to write it back
+    and to compare the contract with the one embedded in the graph."""
+    raw: dict
+    model: ModelInfo
+    input: InputFormat
+    schedule: Schedule
+    features: Features
+    graph: GraphInfo
+    defaults: Defaults
+    weights_file: str
+    engines: tuple[dict, ...]
+    parity: dict  # the parity reports recorded at export (free-form)
+
+    @classmethod
+    def parse(cls, raw, where: Path) -> "Manifest":
+        """Every field the runtime reads, type-checked: a manifest of another shape is a
+        BundleError naming the field, not an exception deep inside a backend."""
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
+            raise BundleError(f"{where}: not a pathwatch bundle manifest (format is {found!r}); "
+                              "re-export the bundle")
+        if raw.get("format_version") != FORMAT_VERSION:
+            raise BundleError(f"{where}: format_version {raw.get('format_version')} is not "
+                              f"supported (this pathwatch reads {FORMAT_VERSION}); re-export it")
+        for section, keys in REQUIRED.items():
+            if not isinstance(raw.get(section), dict):
+                raise BundleError(f"{where}: section '{section}' is missing or not an object; "
+                                  "re-export the bundle")
+            missing = [k for k in keys if k not in raw[section]]
+            if missing:
+                raise BundleError(f"{where}: {section}.{missing[0]} is missing; re-export the bundle")
+        for (section, key), kind in LIST_FIELDS.items():
+            value = raw[section][key]
+            if not isinstance(value, list) or not value or not all(_is(v, kind) for v in value):
+                raise BundleError(f"{where}: {section}.{key} must be a non-empty list of "
+                                  f"{kind.__name__}s (got {value!r:.60}); re-export the bundle")
+        field_of = _FieldReader(raw, where)
+        return cls(raw=raw, model=_model(field_of), input=_input(field_of),
+                   schedule=_schedule(field_of), features=_features(field_of),
+                   graph=_graph(field_of), defaults=_defaults(field_of),
+                   weights_file=field_of("weights_file", str, WEIGHTS),
+                   engines=_engines(field_of), parity=field_of("parity", dict, {}))
+
+
+def _is(value, kind) -> bool:
+    # JSON true/false are not numbers here; an integer is a valid float.
+    if isinstance(value, bool):
+        return kind is bool
+    return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+
+
+class _FieldReader:
+    """field_of("section.key", type[, default]): the value, or a BundleError naming it."""
+    MISSING = object()
+
+    def __init__(self, raw: dict, where: Path):
+        self.raw, self.where = raw, where
+
+    def __call__(self, dotted: str, kind, default=MISSING):
+        value = self.raw
+        for part in dotted.split("."):
+            value = value.get(part, self.MISSING) if isinstance(value, dict) else self.MISSING
+        if value is self.MISSING or (value is None and default is not self.MISSING):
+            if default is self.MISSING:
+                raise BundleError(f"{self.where}: {dotted} is missing; re-export the bundle")
+            return default
+        if not _is(value, kind):
+            raise BundleError(f"{self.where}: {dotted} must be {JSON_KINDS[kind]} (got "
+                              f"{value!r:.60}); re-export the bundle")
+        return value
+
+
+def _model(f: _FieldReader) -> ModelInfo:
+    return ModelInfo(f("model.name", str), f("model.config", dict), f("model.weights_sha256", str),
+                     f("model.source_sha256", str, None), f("model.parameters", int, None))
+
+
+def _input(f: _FieldReader) -> InputFormat:
+    value_range = f("input.value_range", list)
+    if not all(_is(v, float) for v in value_range):
+        raise BundleError(f"{f.where}: input.value_range must be a list of numbers; "
+                          "re-export the bundle")
+    return InputFormat(f("input.name", str), f("input.dtype", str), f("input.layout", str),
+                       f("input.height", int), f("input.width", int), f("input.channels", int),
+                       f("input.color_order", str), tuple(value_range), f("input.resize", str))
+
+
+def _schedule(f: _FieldReader) -> Schedule:
+    return Schedule(f("schedule.kind", str), f("schedule.steps", int),
+                    tuple(f("schedule.timesteps", list)))
+
+
+def _features(f: _FieldReader) -> Features:
+    spec = f("features.spec", dict)
+    if f("features.spec.variant", str) == "error":
+        f("features.spec.trajectory", str)  # part of Bundle.label for that variant
+    return Features(spec, tuple(f("features.names", list)), f("features.label", str, None))
+
+
+def _graph(f: _FieldReader) -> GraphInfo:
+    return GraphInfo(f("graph.file", str), f("graph.sha256", str), f("graph.opset", int),
+                     f("graph.exporter", str))
+
+
+def _defaults(f: _FieldReader) -> Defaults:
+    # Bundles exported before `defaults` existed: the density their feature label pairs with,
+    # as the exporter would have written it.
+    f("defaults", dict, {})
+    label = f("features.label", str, None) or f("features.spec.variant", str)
+    return Defaults(f("defaults.density", str, default_density(label)),
+                    f("defaults.max_batch", int, None))
+
+
+def _engines(f: _FieldReader) -> tuple[dict, ...]:
+    engines = f("engines", list, [])
+    for i, entry in enumerate(engines):
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+            raise BundleError(f"{f.where}: engines[{i}] is not an engine entry with a 'file' "
+                              f"(got {entry!r:.60}); re-export the bundle")
+    return tuple(engines)
 
 
 def _varint(buf, i: int) -> tuple[int, int]:
@@ -139,8 +324,8 @@ def canonical(obj) -> str:
 @dataclass
 class Bundle:
     root: Path
-    manifest: dict
-    engines: list[dict] = field(default_factory=list)
+    manifest: Manifest
+    engines: list[dict] = field(default_factory=list)  # grows as engines are built here
 
     # ------------------------------------------------------------------ reading
     @classmethod
@@ -153,37 +338,20 @@ class Bundle:
         if not path.is_file():
             raise BundleError(f"{path} is missing; this is not a bundle directory (re-export it)")
         try:
-            manifest = json.loads(path.read_text())
+            raw = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise BundleError(f"{path} is not valid JSON ({e}); re-export the bundle") from None
-        bundle = cls(root, manifest, list(manifest.get("engines", [])))
+        manifest = Manifest.parse(raw, path)
+        bundle = cls(root, manifest, list(manifest.engines))
         bundle.validate(check_hash)
         return bundle
 
     def validate(self, check_hash: bool = True) -> None:
-        m, where = self.manifest, self.root / MANIFEST
-        if not isinstance(m, dict) or m.get("format") != FORMAT:
-            raise BundleError(f"{where}: not a pathwatch bundle manifest (format is "
-                              f"{m.get('format') if isinstance(m, dict) else type(m).__name__!r})")
-        if m.get("format_version") != FORMAT_VERSION:
-            raise BundleError(f"{where}: format_version {m.get('format_version')} is not "
-                              f"supported (this pathwatch reads {FORMAT_VERSION}); re-export it")
-        for section, keys in REQUIRED.items():
-            if not isinstance(m.get(section), dict):
-                raise BundleError(f"{where}: section '{section}' is missing; re-export the bundle")
-            missing = [k for k in keys if k not in m[section]]
-            if missing:
-                raise BundleError(f"{where}: {section}.{missing[0]} is missing; re-export the bundle")
-        for (section, key), kind in LIST_FIELDS.items():
-            value = m[section][key]
-            if not isinstance(value, list) or not value or \
-                    not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
-                raise BundleError(f"{where}: {section}.{key} must be a non-empty list of "
-                                  f"{kind.__name__}s (got {value!r:.60}); re-export the bundle")
+        """The graph file against the (already parsed) manifest: its hash and its contract."""
         graph = self.graph_path
         if not graph.is_file():
             raise BundleError(f"{graph} is missing; re-export the bundle")
-        if check_hash and sha256_of(graph) != m["graph"]["sha256"]:
+        if check_hash and sha256_of(graph) != self.manifest.graph.sha256:
             raise BundleError(f"{graph} does not match the sha256 in {MANIFEST} (the graph or the "
                               "manifest was changed after export); re-export the bundle")
         self.check_graph_contract(onnx_metadata(graph).get(CONTRACT_KEY))
@@ -200,11 +368,8 @@ class Bundle:
         if not isinstance(graph, dict):
             raise BundleError(f"{self.graph_path}: its '{CONTRACT_KEY}' metadata is not a JSON "
                               "object; re-export the bundle")
-        try:
-            manifest = contract_of(self.manifest)
-        except (KeyError, TypeError) as e:
-            raise BundleError(f"{self.root / MANIFEST}: cannot read the contract ({e}); "
-                              "re-export the bundle") from None
+        # Compared as JSON, so a field the typed manifest does not model still counts.
+        manifest = contract_of(self.manifest.raw)
         for key in manifest:
             if canonical(graph.get(key)) != canonical(manifest[key]):
                 raise BundleError(f"{self.root / MANIFEST}: '{key}' disagrees with the graph it "
@@ -213,11 +378,11 @@ class Bundle:
     # ------------------------------------------------------------------ facts
     @property
     def graph_path(self) -> Path:
-        return self.root / self.manifest["graph"]["file"]
+        return self.root / self.manifest.graph.file
 
     @property
     def weights_path(self) -> Path:
-        return self.root / self.manifest.get("weights_file", WEIGHTS)
+        return self.root / self.manifest.weights_file
 
     @property
     def parity_path(self) -> Path:
@@ -225,34 +390,41 @@ class Bundle:
 
     @property
     def weights_sha256(self) -> str:
-        return self.manifest["model"]["weights_sha256"]
+        return self.manifest.model.weights_sha256
 
     @property
     def image_size(self) -> tuple[int, int]:
-        return int(self.manifest["input"]["height"]), int(self.manifest["input"]["width"])
+        return self.manifest.input.height, self.manifest.input.width
 
     @property
     def feature_names(self) -> list[str]:
-        return list(self.manifest["features"]["names"])
+        return list(self.manifest.features.names)
 
     @property
     def feature_spec(self) -> dict:
-        return dict(self.manifest["features"]["spec"])
+        return dict(self.manifest.features.spec)
 
     @property
     def timesteps(self) -> list[int]:
-        return list(self.manifest["schedule"]["timesteps"])
+        return list(self.manifest.schedule.timesteps)
+
+    @property
+    def default_density(self) -> str:
+        """The density kind for `density: auto` (the one the feature variant was measured with)."""
+        return self.manifest.defaults.density
 
     @property
     def label(self) -> str:
-        spec = self.feature_spec
+        spec = self.manifest.features.spec
         variant = spec["variant"] + (f"/{spec['trajectory']}" if spec["variant"] == "error" else "")
-        return f"{self.manifest['model']['name']} {variant} K={len(self.timesteps)}"
+        return f"{self.manifest.model.name} {variant} K={len(self.timesteps)}"
 
     def identity(self) -> dict:
-        """What determines this bundle's numbers (for caches and calibration files)."""
-        return {"weights_sha256": self.weights_sha256, "graph_sha256": self.manifest["graph"]["sha256"],
-                "schedule": self.manifest["schedule"], "features": self.manifest["features"]}
+        """What determines this bundle's numbers (for caches and calibration files); the
+        schedule and features sections as written, so cache keys stay those of the file."""
+        raw = self.manifest.raw
+        return {"weights_sha256": self.weights_sha256, "graph_sha256": self.manifest.graph.sha256,
+                "schedule": raw["schedule"], "features": raw["features"]}
 
     def parity_reference(self) -> dict[str, np.ndarray] | None:
         """Images and torch outputs recorded at export (None for a bundle without them)."""
@@ -262,11 +434,8 @@ class Bundle:
             return {k: z[k] for k in z.files}
 
     def write_manifest(self) -> None:
-        self.manifest["engines"] = self.engines
-        write_json_atomic(self.root / MANIFEST, self.manifest)
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    tmp.replace(path)
+        """Record `engines` in manifest.json (the one field written after export)."""
+        where = self.root / MANIFEST
+        manifest = Manifest.parse({**self.manifest.raw, "engines": list(self.engines)}, where)
+        write_json_atomic(where, manifest.raw)
+        self.manifest = manifest

@@ -19,12 +19,14 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from .bundle import JSON_KINDS
+from .clock import iso_now
 from .density import Density, fit_gmm, fit_kde, load_density
+from .files import write_json_atomic
 from .tiles import TileGrid
 
 FORMAT = "pathwatch-calibration"
@@ -78,24 +80,89 @@ def fit_tile_density(kind: str, x: np.ndarray, seed: int = 0) -> Density:
                    seed=seed, reg_covar=TILE_REG_COVAR)
 
 
+def _typed(data: dict, dotted: str, kind):
+    """data["a"]["b"] for "a.b", or a ValueError naming it (KeyError when it is missing)."""
+    value = data
+    for part in dotted.split("."):
+        if not isinstance(value, dict):
+            raise ValueError(f"{dotted} is missing (its section is not an object)")
+        value = value[part]
+    # JSON true/false are not numbers here; an integer is a valid float.
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else kind):
+        raise ValueError(f"{dotted} must be {JSON_KINDS[kind]}, not {value!r:.40}")
+    return float(value) if kind is float else value
+
+
+@dataclass(frozen=True)
+class CalibrationFacts:
+    """The scalar fields of a calibration file, type-checked once."""
+    camera: str
+    bundle_label: str
+    bundle_weights_sha256: str
+    bundle_graph_sha256: str
+    threshold: float
+    threshold_method: str
+    false_alarms_per_hour: float
+    frames_total: int
+    frames_holdout: int
+    density: str  # the density kind fitted per tile
+
+    @classmethod
+    def parse(cls, data: dict) -> "CalibrationFacts":
+        facts = cls(_typed(data, "camera", str), _typed(data, "bundle.label", str),
+                    _typed(data, "bundle.weights_sha256", str),
+                    _typed(data, "bundle.graph_sha256", str),
+                    _typed(data, "threshold.value", float), _typed(data, "threshold.method", str),
+                    _typed(data, "threshold.false_alarms_per_hour", float),
+                    _typed(data, "frames.total", int), _typed(data, "frames.holdout", int),
+                    _typed(data, "density", str))
+        if not math.isfinite(facts.threshold):
+            raise ValueError("threshold.value is not a finite number")
+        return facts
+
+
 class Calibration:
-    """What a camera needs to score frames: tile densities, standardisation, threshold."""
+    """What a camera needs to score frames: tile densities, standardisation, threshold.
+
+    `data` is the file's JSON (what `save` writes); read the typed attributes instead."""
 
     def __init__(self, data: dict, densities: list[Density | None]):
         self.data = data
         self.densities = densities
+        self.facts = CalibrationFacts.parse(data)
+        self.grid = _typed(data, "grid", dict)  # TileGrid.describe() it was fitted for
         tiles = data["tiles"]
         self.mean = np.array([t["mean"] for t in tiles], np.float64)
         self.std = np.array([t["std"] for t in tiles], np.float64)
         self.active = np.array([t["active"] for t in tiles], bool)
 
     @property
-    def threshold(self) -> float:
-        return float(self.data["threshold"]["value"])
+    def camera(self) -> str:
+        return self.facts.camera
 
     @property
-    def camera(self) -> str:
-        return self.data["camera"]
+    def threshold(self) -> float:
+        return self.facts.threshold
+
+    @property
+    def threshold_method(self) -> str:
+        return self.facts.threshold_method
+
+    @property
+    def false_alarms_per_hour(self) -> float:
+        return self.facts.false_alarms_per_hour
+
+    @property
+    def frames_total(self) -> int:
+        return self.facts.frames_total
+
+    @property
+    def frames_holdout(self) -> int:
+        return self.facts.frames_holdout
+
+    @property
+    def bundle_label(self) -> str:
+        return self.facts.bundle_label
 
     def tile_scores(self, features: np.ndarray) -> np.ndarray:
         """(tiles, D) features of one frame -> standardised anomaly score per tile (inactive
@@ -114,11 +181,11 @@ class Calibration:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1) + "\n")
-        tmp.replace(path)
+        try:
+            write_json_atomic(path, self.data)
+        except OSError as e:  # a read-only or full disk, a directory in the way
+            raise CalibrationError(f"cannot write {path} ({e.strerror or e}); set "
+                                   "cameras[].calibration or state_dir to a writable path") from None
 
     @classmethod
     def load(cls, path: str | Path) -> "Calibration":
@@ -138,11 +205,6 @@ class Calibration:
                                    f"version {VERSION}); recalibrate")
         try:
             densities = [load_density(t["density"]) if t["active"] else None for t in data["tiles"]]
-            if not np.isfinite(float(data["threshold"]["value"])):
-                raise ValueError("threshold.value is not a finite number")
-            for key in ("weights_sha256", "graph_sha256"):
-                str(data["bundle"][key])
-            dict(data["grid"])
             cal = cls(data, densities)
             if not (np.all(np.isfinite(cal.mean)) and np.all(cal.std > 0)):
                 raise ValueError("a tile's mean/std is not finite and positive")
@@ -153,13 +215,13 @@ class Calibration:
 
     def check(self, bundle_identity: dict, grid: TileGrid, path: str | Path = "calibration") -> None:
         """Refuse a calibration made for another bundle or another tile layout."""
-        mine = self.data["bundle"]
-        if mine.get("weights_sha256") != bundle_identity["weights_sha256"] or \
-                mine.get("graph_sha256") != bundle_identity["graph_sha256"]:
-            raise CalibrationError(f"{path} was fitted for another bundle ({mine.get('label')}); "
+        f = self.facts
+        if f.bundle_weights_sha256 != bundle_identity["weights_sha256"] or \
+                f.bundle_graph_sha256 != bundle_identity["graph_sha256"]:
+            raise CalibrationError(f"{path} was fitted for another bundle ({f.bundle_label}); "
                                    "recalibrate this camera")
         want = grid.describe()
-        have = self.data["grid"]
+        have = self.grid
         for key in ("frame_size", "roi", "tiles", "tile_size", "ignore", "exposure"):
             if have.get(key) != want[key]:
                 raise CalibrationError(f"{path} was fitted for {key} {have.get(key)}, the camera "
@@ -203,7 +265,7 @@ def fit_calibration(camera: str, features: np.ndarray, grid: TileGrid, bundle_id
     choice = choose_threshold(frame_scores, false_alarms_per_hour, fps, trigger, window)
     data = {
         "format": FORMAT, "version": VERSION, "camera": camera,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": iso_now("seconds"),
         "bundle": {**{k: bundle_identity[k] for k in ("weights_sha256", "graph_sha256")},
                    "label": bundle_label},
         "grid": grid.describe(),

@@ -25,6 +25,8 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
+from .files import write_atomic
+
 FORMAT = 1  # bump when the JSON layout changes; load_density refuses other versions
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -60,10 +62,7 @@ class Density(ABC):
                 "mean": self.mean.tolist(), "scale": self.scale.tolist(), **self._fields()}
 
     def save(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), allow_nan=False))
-        tmp.replace(path)  # atomic, so a daemon reloading the file never sees half of it
+        write_atomic(path, json.dumps(self.to_dict(), allow_nan=False))
 
     @abstractmethod
     def summary(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ Feature extraction is behind a small protocol so the same code evaluates a torch
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,8 +20,10 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from .bundle import default_density
 from .datasets import load_images
 from .density import fit_gmm, fit_kde
+from .files import write_atomic
 
 ProgressFn = Callable[[int], None]  # called with the number of images just processed
 
@@ -95,10 +98,9 @@ class FeatureCache:
         p = self.path(key)
         if p is None:
             return
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(".tmp.npz")
-        np.savez(tmp, features=features, key=json.dumps(key, sort_keys=True))
-        tmp.replace(p)
+        buf = io.BytesIO()
+        np.savez(buf, features=features, key=json.dumps(key, sort_keys=True))
+        write_atomic(p, buf.getvalue())
 
 
 def set_features(extractor: FeatureExtractor, spec: str, limit: int | None, seed: int,
@@ -124,11 +126,6 @@ def fit_density(kind: str, x: np.ndarray, seed: int = 0):
         return fit_kde(x, bandwidth="scott", standardize=True)
     selection = "cv" if kind == "gmm-cv" else "bic"
     return fit_gmm(x, selection=selection, seed=seed)
-
-
-def default_density(label: str) -> str:
-    """DiffPath-1D pairs a 1-D statistic with a KDE; everything else with a selected GMM."""
-    return "kde" if label.startswith("diffpath1d") else "gmm-bic"
 
 
 def run_eval(extractor: FeatureExtractor, task: EvalTask, cache: FeatureCache,
@@ -173,7 +170,7 @@ class BundleExtractor:
     def __init__(self, bundle, backend):
         self.bundle, self.backend = bundle, backend
         self.image_size = bundle.image_size[0]
-        self.labels = [bundle.manifest["features"].get("label", bundle.label)]
+        self.labels = [bundle.manifest.features.label or bundle.label]
 
     def identity(self) -> dict:
         ident = self.bundle.identity()

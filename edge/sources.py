@@ -8,6 +8,10 @@ the daemon publishes on `status.<camera>`.
 
 Source specs: a device index or `/dev/...` path, an rtsp(s):// or http(s):// URL, a video file,
 a folder of images (`PATH` or `PATH?fps=N`, played in name order), or `demo[:key=value,...]`.
+
+Over 450 lines because it is the whole capture stage in one place: parsing a spec, opening
+each kind with its timeouts, and the thread with its queue, counters and back-off share
+state that splitting would have to pass around.
 """
 from __future__ import annotations
 

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 from pathwatch.edge.bundle import (CONTRACT_KEY, FORMAT, FORMAT_VERSION, GRAPH, PARITY, WEIGHTS, Bundle,
-                         canonical, contract_of, sha256_of, write_json_atomic)
+                                   canonical, contract_of, default_density, sha256_of)
 from pathwatch.edge.clock import iso_now
 from pathwatch.edge.datasets import PIXEL_SCALE, load_images
-from pathwatch.edge.evaluation import default_density
+from pathwatch.edge.files import write_json_atomic
 from pathwatch.edge.parity import ParityReport, compare
 
 from .checkpoint import LoadedModel, load_checkpoint, save_checkpoint

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from pathwatch.edge.bundle import sha256_of
+from pathwatch.edge.files import write_atomic
 
 from .unet import ModelConfig, UNetModel
 
@@ -33,16 +34,13 @@ file_sha256 = sha256_of  # one definition of a weights file's identity, shared w
 
 def save_checkpoint(model: UNetModel, path: str | Path, extra_meta: dict | None = None) -> str:
     """Write weights + config into one safetensors file; returns its sha256."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     meta = {CONFIG_KEY: json.dumps(model.config.to_dict())}
     meta.update({k: json.dumps(v) for k, v in (extra_meta or {}).items()})
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    tmp.replace(path)  # atomic: an interrupted save never leaves a half-written checkpoint
+    # atomic: an interrupted save never leaves a half-written checkpoint
+    write_atomic(path, save(state, metadata=meta))
     return file_sha256(path)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from pathwatch.edge.datasets import from_unit_range, load_images, to_model_input
+from pathwatch.edge.files import write_atomic
 
 from .checkpoint import save_checkpoint
 from .paths import ddim_sample, eps_fn_for, training_loss
@@ -132,22 +133,20 @@ class Trainer:
         return st
 
     def save(self) -> dict:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         self.out.mkdir(parents=True, exist_ok=True)
         meta = {"step": self.state.step, "data": self.s.data}
         save_checkpoint(self.model, self.out / "model.safetensors", meta)
         ema_sha = save_checkpoint(self.ema, self.out / "ema.safetensors", meta)
         tensors, layout = _flatten_optimizer(self.opt.state_dict())
-        save_file(tensors, str(self.out / "optimizer.safetensors"))
+        write_atomic(self.out / "optimizer.safetensors", save(tensors))
         info = {"settings": self.s.to_dict(), "model_config": self.model.config.to_dict(),
                 "parameters": self.parameters, "state": asdict(self.state),
                 "images_per_second": round(self.state.images_per_second, 2),
                 "final_loss": self.state.losses[-1][1] if self.state.losses else None,
                 "ema_sha256": ema_sha, "optimizer": layout}
-        tmp = self.out / "train.json.tmp"
-        tmp.write_text(json.dumps(info, indent=1))
-        tmp.replace(self.out / "train.json")
+        write_atomic(self.out / "train.json", json.dumps(info, indent=1))
         return info
 
     def save_preview(self, steps: int = 50) -> Path:

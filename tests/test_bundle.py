@@ -10,7 +10,8 @@ import pytest
 
 from conftest import NO_TORCH
 from pathwatch.edge.backends import BackendError, Capabilities, choose, load_backend
-from pathwatch.edge.bundle import CONTRACT_KEY, Bundle, BundleError, onnx_metadata
+from pathwatch.edge.bundle import CONTRACT_KEY, MANIFEST, Bundle, BundleError, Manifest, onnx_metadata
+from pathwatch.edge.models import SHIPPED
 from pathwatch.cli import main
 
 
@@ -26,12 +27,13 @@ def bundle_dir(tiny_run, tmp_path_factory):
 def test_export_writes_a_complete_bundle(bundle_dir):
     b = Bundle.load(bundle_dir)
     m = b.manifest
-    assert m["graph"]["opset"] >= 17 and m["input"]["dtype"] == "uint8"
+    assert m.graph.opset >= 17 and m.input.dtype == "uint8"
     assert b.timesteps == [0, 111, 444] and b.image_size == (16, 16)  # the default placement
     assert b.feature_names[-3:] == ["ssim_sum", "ssim_sum_sq", "dssim_dt"]
+    assert b.default_density == "gmm-bic" and m.model.source_sha256 == b.weights_sha256
     for f in ("pipeline.onnx", "weights.safetensors", "parity.npz"):
         assert (bundle_dir / f).is_file()
-    report = m["parity"]["onnxruntime_cpu"]
+    report = m.parity["onnxruntime_cpu"]
     assert report["passed"] and report["images"] == 48
     assert not (bundle_dir.parent / "tiny-6dssim.partial").exists()
 
@@ -105,6 +107,106 @@ def test_tampered_manifest_is_refused(bundle_dir, tmp_path):
     (b / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="features.names must be a non-empty list of strs"):
         Bundle.load(b)
+
+
+@pytest.fixture
+def shipped_copy(tmp_path):
+    """The shipped default export (manifest, graph, parity; no weights): a real bundle that
+    loads without a training run."""
+    dst = tmp_path / "shipped"
+    shutil.copytree(SHIPPED, dst)
+    return dst
+
+
+def _rewrite(root, edit):
+    raw = json.loads((root / MANIFEST).read_text())
+    raw = edit(raw)
+    (root / MANIFEST).write_text(json.dumps(raw))
+
+
+def test_the_manifest_is_parsed_into_typed_fields(shipped_copy):
+    b = Bundle.load(shipped_copy)
+    m, raw = b.manifest, json.loads((shipped_copy / MANIFEST).read_text())
+    assert isinstance(m, Manifest) and m.raw == raw
+    assert m.model.name == "default" and m.model.weights_sha256 == raw["model"]["weights_sha256"]
+    assert m.model.source_sha256 == raw["model"]["source_sha256"] and m.model.parameters > 0
+    assert (m.input.height, m.input.width, m.input.channels) == (32, 32, 3)
+    assert m.input.value_range == (0, 255) and m.input.layout == "NHWC"
+    assert (m.schedule.kind, m.schedule.steps, m.schedule.timesteps) == ("cosine", 1000, (0, 111, 444))
+    assert m.features.names == tuple(raw["features"]["names"]) and m.features.label == "6d+ssim l=1 s=1.5"
+    assert m.graph.file == "pipeline.onnx" and m.graph.sha256 == raw["graph"]["sha256"]
+    assert m.defaults.density == b.default_density == "gmm-bic" and m.defaults.max_batch == 64
+    assert m.engines == () and b.engines == [] and m.weights_file == "weights.safetensors"
+    # The members other code relies on keep their meaning.
+    assert b.image_size == (32, 32) and b.timesteps == [0, 111, 444]
+    assert b.feature_spec == raw["features"]["spec"] and b.label == "default 6d+ssim K=3"
+    assert b.identity() == {"weights_sha256": raw["model"]["weights_sha256"],
+                            "graph_sha256": raw["graph"]["sha256"],
+                            "schedule": raw["schedule"], "features": raw["features"]}
+    assert b.graph_path == shipped_copy / "pipeline.onnx" and b.parity_reference() is not None
+
+
+def test_a_bundle_without_defaults_gets_the_density_its_features_were_measured_with(shipped_copy):
+    _rewrite(shipped_copy, lambda m: {k: v for k, v in m.items() if k != "defaults"})
+    assert Bundle.load(shipped_copy).default_density == "gmm-bic"
+    # DiffPath-1D pairs with a KDE (what the exporter writes for it); parsed directly, since
+    # another label would no longer match the graph's contract.
+    raw = json.loads((shipped_copy / MANIFEST).read_text())
+    raw["features"]["label"] = "diffpath1d"
+    assert Manifest.parse(raw, shipped_copy / MANIFEST).defaults.density == "kde"
+
+
+def test_engines_written_back_are_parsed_again(shipped_copy):
+    b = Bundle.load(shipped_copy)
+    b.engines.append({"file": "engines/x.engine", "precision": "fp16"})
+    b.write_manifest()
+    assert b.manifest.engines == ({"file": "engines/x.engine", "precision": "fp16"},)
+    again = Bundle.load(shipped_copy)
+    assert again.engines == list(b.manifest.engines) and again.manifest.parity == b.manifest.parity
+    assert [p.name for p in shipped_copy.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def _set(path, value):
+    def edit(m):
+        *sections, key = path.split(".")
+        target = m
+        for s in sections:
+            target = target[s]
+        target[key] = value
+        return m
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: [m], "not a pathwatch bundle manifest .format is 'list'"),
+    (lambda m: "text", "not a pathwatch bundle manifest .format is 'str'"),
+    (_set("engines", {"file": "x"}), "engines must be a list"),
+    (_set("engines", ["engines/x.engine"]), r"engines\[0\] is not an engine entry"),
+    (_set("model", ["default"]), "section 'model' is missing or not an object"),
+    (_set("input.height", "32"), "input.height must be an integer"),
+    (_set("input.width", True), "input.width must be an integer"),
+    (_set("input.value_range", [0, "255"]), "input.value_range must be a list of numbers"),
+    (_set("graph.sha256", None), "graph.sha256 must be a string"),
+    (_set("graph.file", 3), "graph.file must be a string"),
+    (_set("features.spec", "6d+ssim"), "features.spec must be an object"),
+    (_set("features.spec.variant", None), "features.spec.variant must be a string"),
+    (_set("defaults", ["gmm-bic"]), "defaults must be an object"),
+    (_set("defaults.density", 5), "defaults.density must be a string"),
+    (_set("model.source_sha256", 7), "model.source_sha256 must be a string"),
+    (_set("weights_file", ["w"]), "weights_file must be a string"),
+    (_set("parity", []), "parity must be an object"),
+])
+def test_a_manifest_of_the_wrong_shape_is_one_bundle_error(shipped_copy, edit, message):
+    _rewrite(shipped_copy, edit)
+    with pytest.raises(BundleError, match=message) as e:
+        Bundle.load(shipped_copy)
+    assert "re-export" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_bundle_info_prints_the_typed_manifest(shipped_copy, capsys):
+    assert main(["bundle", "info", str(shipped_copy)]) == 0
+    out = capsys.readouterr().out
+    assert "1,192,387 parameters" in out and "uint8 NHWC 32x32 RGB" in out and "opset 17" in out
 
 
 def test_the_contract_is_read_from_the_graph_without_onnx(bundle_dir, tmp_path):

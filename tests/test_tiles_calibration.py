@@ -92,6 +92,7 @@ def test_calibration_fits_scores_and_round_trips(tmp_path):
     cal.save(path)
     again = Calibration.load(path)
     assert again.threshold == cal.threshold
+    assert json.loads(path.read_text()) == cal.data  # the file is the JSON it was made from
     assert np.allclose(again.tile_scores(odd), cal.tile_scores(odd))
     again.check(ident, grid, path)
     with pytest.raises(CalibrationError, match="another bundle"):
@@ -111,3 +112,54 @@ def test_bad_calibration_files_say_what_to_do(tmp_path):
         Calibration.load(tmp_path / "other.json")
     with pytest.raises(CalibrationError, match="at least 20"):
         fit_calibration("cam", np.zeros((5, 2, 3)), TileGrid(64, 64, 32, 2, 1), {}, "x")
+
+
+def _saved_calibration(tmp_path):
+    rng = np.random.default_rng(2)
+    grid = TileGrid(320, 240, 32, cols=2, rows=1)
+    ident = {"weights_sha256": "a" * 64, "graph_sha256": "b" * 64}
+    cal = fit_calibration("door", _features(rng, 40, 2), grid, ident, "default 6d+ssim K=3",
+                          false_alarms_per_hour=2, fps=4, source="demo", seconds=10.0)
+    path = tmp_path / "cal.json"
+    cal.save(path)
+    return cal, path
+
+
+def test_calibration_fields_are_typed_when_fitted_and_when_loaded(tmp_path):
+    cal, path = _saved_calibration(tmp_path)
+    for c in (cal, Calibration.load(path)):
+        assert c.camera == "door" and c.bundle_label == "default 6d+ssim K=3"
+        assert c.frames_total == 40 and c.frames_holdout == 12
+        assert c.false_alarms_per_hour == 2.0 and isinstance(c.false_alarms_per_hour, float)
+        assert c.threshold_method.startswith(("normal tail", "held-out maximum"))
+        assert c.threshold == c.data["threshold"]["value"] and c.facts.density == "gmm-bic"
+        assert c.grid == TileGrid(320, 240, 32, cols=2, rows=1).describe()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["frames"].update(total="40"), "frames.total must be an integer"),
+    (lambda d: d["frames"].update(holdout=None), "frames.holdout must be an integer"),
+    (lambda d: d["threshold"].update(method=3), "threshold.method must be a string"),
+    (lambda d: d["threshold"].update(value=True), "threshold.value must be a number"),
+    (lambda d: d["threshold"].update(false_alarms_per_hour="0.5"), "false_alarms_per_hour must be"),
+    (lambda d: d.update(bundle=["a"]), "bundle.label is missing"),
+    (lambda d: d.update(grid=[[1, 2]]), "grid must be an object"),
+    (lambda d: d.update(camera=7), "camera must be a string"),
+    (lambda d: d["frames"].pop("total"), "missing 'total'"),
+])
+def test_a_calibration_of_the_wrong_shape_is_damaged(tmp_path, edit, message):
+    _, path = _saved_calibration(tmp_path)
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(CalibrationError, match=f"is damaged .*{message}.*recalibrate"):
+        Calibration.load(path)
+
+
+def test_saving_where_it_cannot_be_written_says_what_to_set(tmp_path):
+    cal, _ = _saved_calibration(tmp_path)
+    (tmp_path / "taken").write_text("a file where a directory should be")
+    target = tmp_path / "taken" / "cam.json"
+    with pytest.raises(CalibrationError, match=f"cannot write {target} .*set cameras\\[\\]"
+                       "\\.calibration or state_dir to a writable path"):
+        cal.save(target)

@@ -65,7 +65,7 @@ def engine_mismatch(entry: dict, bundle: Bundle, here: dict, trt_version: str) -
     """Why this engine cannot run here (None when it can)."""
     if entry.get("weights_sha256") != bundle.weights_sha256:
         return "it was built from other weights than the bundle's"
-    if entry.get("graph_sha256") != bundle.manifest["graph"]["sha256"]:
+    if entry.get("graph_sha256") != bundle.manifest.graph.sha256:
         return "it was built from another pipeline.onnx"
     if entry.get("tensorrt") != trt_version:
         return f"it was built with TensorRT {entry.get('tensorrt')}, this is {trt_version}"
@@ -124,7 +124,7 @@ def build_engine(bundle: Bundle, precision: str = "fp16", max_batch: int = 64,
     (bundle.root / "engines" / fname).write_bytes(bytes(serialized))
     entry = {"file": f"engines/{fname}", **here, "tensorrt": trt.__version__,
              "precision": precision, "weights_sha256": bundle.weights_sha256,
-             "graph_sha256": bundle.manifest["graph"]["sha256"], "min_batch": 1,
+             "graph_sha256": bundle.manifest.graph.sha256, "min_batch": 1,
              "opt_batch": opt, "max_batch": max_batch, "build_s": round(seconds, 1),
              "built": iso_now("seconds")}
     log(f"built {entry['file']} in {seconds:.0f} s")

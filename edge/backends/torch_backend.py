@@ -47,9 +47,8 @@ class TorchBackend(Backend):
         if loaded.weights_sha256 != bundle.weights_sha256:
             raise BackendError(f"{bundle.weights_path} does not match the weights hash in the "
                                "manifest; re-export the bundle")
-        sched_info = bundle.manifest["schedule"]
-        sched = ReducedSchedule(sched_info["kind"], sched_info["steps"],
-                                tuple(sched_info["timesteps"]))
+        s = bundle.manifest.schedule
+        sched = ReducedSchedule(s.kind, s.steps, s.timesteps)
         spec = FeatureSpec.from_dict(bundle.feature_spec)
         self.pipeline = DiffPathPipeline(loaded.model, sched, spec, uint8_input=True,
                                          acc_dtype=torch.float32).to(self.device).eval()

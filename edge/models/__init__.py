@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from ..bundle import Bundle, BundleError, sha256_of
+from ..bundle import Bundle, BundleError, Manifest, sha256_of
 
 HERE = Path(__file__).parent
 CARD = HERE / "default.json"
@@ -72,13 +72,14 @@ def default_bundle(cache_dir: str | Path, say: Callable[[str], None] = print) ->
 def shipped_matches(settings: dict) -> bool:
     """Whether default-bundle/ is the export of these weights with these settings."""
     try:
-        m = json.loads((SHIPPED / "manifest.json").read_text())
-        shipped = m["features"]["spec"]
+        path = SHIPPED / "manifest.json"
+        m = Manifest.parse(json.loads(path.read_text()), path)
+        shipped = m.features.spec
         return (all((SHIPPED / f).is_file() for f in SHIPPED_FILES)
-                and m["model"]["weights_sha256"] == settings["sha256"]
-                and m["schedule"]["timesteps"] == settings["timesteps"]
-                and all(shipped[k] == v for k, v in default_spec(settings).items()))
-    except (OSError, ValueError, KeyError, TypeError):
+                and m.model.weights_sha256 == settings["sha256"]
+                and list(m.schedule.timesteps) == settings["timesteps"]
+                and all(shipped.get(k) == v for k, v in default_spec(settings).items()))
+    except (OSError, ValueError):  # BundleError and a JSON error are ValueErrors
         return False
 
 
