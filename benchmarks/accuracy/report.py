@@ -4,6 +4,9 @@ Aggregation: a task's value for one seed is its AUROC (one-class: the mean over 
 classes); a task's entry is the mean over seeds with the standard deviation over seeds; a
 group mean (zero-shot, in-domain) averages task entries, and its spread is the standard
 deviation over seeds of the per-seed group means.
+
+Over 450 lines because it is one document: every table and figure of docs/accuracy.md and
+the prose around them are written here, in page order.
 """
 from __future__ import annotations
 
