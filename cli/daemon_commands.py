@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -132,13 +131,14 @@ def cmd_run(a) -> int:
 def add_calibrate(sub) -> None:
     p = sub.add_parser("calibrate", help="fit a camera's normal-frame model and threshold",
                        description="Collect normal frames from one camera, fit its per-tile "
-                       "densities, choose the threshold for calibration.false_alarms_per_hour on "
-                       "held-out frames, and write the calibration JSON.")
+                       "densities, choose the threshold for calibration.false_alarms_per_hour from "
+                       "out-of-fold scores, and write the calibration JSON.")
     p.add_argument("--camera", required=True)
     p.add_argument("--config")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--frames", type=int, help="normal frames to collect")
-    size.add_argument("--seconds", type=float, help="collect for this long (at the camera's fps cap)")
+    size.add_argument("--seconds", type=float, help="scene seconds to collect (default "
+                      "calibration.seconds)")
     p.add_argument("--bundle", help="override model.bundle")
     p.add_argument("--backend", choices=BACKENDS, help="override model.backend")
     p.set_defaults(func=cmd_calibrate)
@@ -162,16 +162,19 @@ def cmd_calibrate(a) -> int:
     if not cam.enabled:
         raise ValueError(f"camera {a.camera!r} has enabled: false in the config; enable it to "
                          "calibrate it")
-    frames = a.frames or (int(a.seconds * (cam.fps or 5.0)) if a.seconds else None)
-    if frames is not None and frames < MIN_CALIBRATION_FRAMES:
-        raise ValueError(f"--frames {frames}{f' (from --seconds {a.seconds:g})' if a.seconds else ''}"
-                         f" is too few; calibration needs at least {MIN_CALIBRATION_FRAMES} frames")
+    if a.frames is not None and a.frames < MIN_CALIBRATION_FRAMES:
+        raise ValueError(f"--frames {a.frames} is too few; calibration needs at least "
+                         f"{MIN_CALIBRATION_FRAMES} frames")
+    if a.seconds is not None and not a.seconds >= 5:
+        raise ValueError(f"--seconds {a.seconds:g} is too short; collect at least 5 s of scene")
     previous = _describe_existing(cam.calibration_path(config))
+    unit = "frames" if a.frames or (a.seconds is None and config.calibration.frames) else "s"
     with Progress(TextColumn("[bold]calibrating {task.fields[camera]}"), BarColumn(),
-                  MofNCompleteColumn(), TimeElapsedColumn(), console=console) as prog:
-        task = prog.add_task("", total=frames or config.calibration.frames, camera=a.camera)
+                  MofNCompleteColumn(), TextColumn(unit), TimeElapsedColumn(),
+                  console=console) as prog:
+        task = prog.add_task("", total=None, camera=a.camera)
         daemon = Daemon(config, path, only=[a.camera], calibrate_only=True, recalibrate=True,
-                        calibration_frames=frames,
+                        calibration_frames=a.frames, calibration_seconds=a.seconds,
                         on_progress=lambda name, n, total: prog.update(task, completed=n, total=total))
         daemon.install_signal_handlers()
         runtime = None
@@ -187,22 +190,24 @@ def cmd_calibrate(a) -> int:
     if runtime is None or runtime.calibration is None or daemon.stop_event.is_set():
         raise ValueError(f"calibration of {a.camera} did not finish; nothing was written")
     cal = Calibration.load(runtime_path)
-    out.print(f"wrote {escape(str(runtime_path))}: {cal.frames_total} frames "
-              f"({cal.frames_holdout} held out), threshold {cal.threshold:.2f} "
-              f"[{escape(cal.threshold_method)}]", highlight=False)
+    out.print(f"wrote {escape(str(runtime_path))}: {escape(cal.coverage())}, threshold "
+              f"{cal.threshold:.2f} [{escape(cal.threshold_method)}]", highlight=False)
+    for t in cal.trimmed:
+        console.print(f"[yellow]left out as unusual:[/] {t['from_s']:g}-{t['to_s']:g} s into the "
+                      f"window ({t['frames']} frames, feature distance {t['peak_distance']:g})",
+                      highlight=False)
     if previous is not None:
         out.print(f"replaced a calibration of {previous}; a running daemon uses the new one "
                   "after `systemctl reload pathwatch` (SIGHUP)", highlight=False)
-    if cal.frames_holdout < FEW_HOLDOUT_FRAMES:
-        enough = math.ceil(FEW_HOLDOUT_FRAMES / config.calibration.holdout)
-        console.print(f"[yellow]warning:[/] {cal.frames_holdout} held-out frames are "
-                      f"few to set a threshold for {cal.false_alarms_per_hour:g} false alarms "
-                      f"per hour; expect more false alerts, or collect --frames {enough} or "
-                      "more", highlight=False, soft_wrap=True)
+    if cal.frames_holdout < FEW_SCORED_FRAMES:
+        console.print(f"[yellow]warning:[/] {cal.frames_holdout} frames are few to set a "
+                      f"threshold for {cal.false_alarms_per_hour:g} false alarms per hour; "
+                      "expect more false alerts, or collect for longer (--seconds)",
+                      highlight=False, soft_wrap=True)
     return 0
 
 
-FEW_HOLDOUT_FRAMES = 30  # below this the threshold rests on a handful of frames
+FEW_SCORED_FRAMES = 100  # below this the threshold's tail rests on a handful of frames
 
 
 def _describe_existing(path: Path) -> str | None:

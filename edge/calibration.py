@@ -2,17 +2,24 @@
 false-alarm rate the user can reason about (alerts per hour), stored as JSON.
 
 Scores. Each tile position has its own density over the bundle's features; a tile's anomaly
-score is its negative log-likelihood, standardised by the mean and spread of the held-out
-normal frames' scores at that position (tiles on a busy shelf and on a blank wall then speak
-the same units). The frame score is the worst active tile.
+score is its negative log-likelihood, standardised by the median and spread (MAD) of
+out-of-fold normal scores at that position (tiles on a busy shelf and on a blank wall then speak the same
+units). The frame score is the worst active tile.
 
-Threshold. An alert starts when N of the last M frames are over threshold. If frames were
-independent with exceedance probability p, false starts per hour would be about
-frames_per_hour * C(M, N) * p^N; solving for the target gives p. With only tens of held-out
-frames, the (1 - p) quantile is extrapolated from a normal fitted to the held-out frame scores,
-and never set below the largest held-out score, so the frames calibration saw as normal are
-all below it. Consecutive frames are correlated, so the real rate is higher than the
-independent estimate; the floor at the held-out maximum is the guard against that.
+Out of fold. The window is cut into contiguous blocks; each block is scored by densities
+fitted on the other blocks, so every calibration frame gets a score as a new frame would
+(interleaved hold-outs would score near-copies of fitted neighbours). The final densities are
+fitted on the whole window.
+
+Contamination. Before any fit, frames whose features are far from the window's median frame
+(robust z-scores, beyond the upper quartile plus TRIM_IQR interquartile ranges of that
+distance) are trimmed with half a second on each side and the trimmed stretches recorded; a window
+with too much to trim is refused. Out-of-fold scores cannot do this job: an event that spans
+two blocks is in the training data of each.
+
+Threshold. edge.threshold models the tail of the out-of-fold frame scores (peaks over
+threshold, exceedance clusters against the trigger rule); the scores are kept in the file so
+a changed false-alarm target or trigger rule re-thresholds without refitting.
 """
 from __future__ import annotations
 
@@ -27,47 +34,20 @@ from .bundle import JSON_KINDS
 from .clock import iso_now
 from .density import Density, fit_gmm, fit_kde, load_density
 from .files import write_json_atomic
+from .threshold import TailFit, Threshold, choose_threshold
 from .tiles import TileGrid
 
 FORMAT = "pathwatch-calibration"
 TILE_REG_COVAR = 0.05
 MIN_CALIBRATION_FRAMES = 20  # below this a per-tile density and its threshold mean little
-VERSION = 1
+VERSION = 2  # 2: out-of-fold scores and the tail fit; version 1 files still load
+TRIM_IQR = 10.0  # normal frame scores are heavy-tailed; an event scores far beyond this
+TRIM_PAD_S = 0.5  # frames this close to a trimmed one go too (the event's onset and tail)
+MAX_TRIMMED = 0.25  # a window with more to trim than this is refused
 
 
 class CalibrationError(ValueError):
     """A calibration file that cannot be used for this camera and bundle; says why and the fix."""
-
-
-@dataclass
-class ThresholdChoice:
-    value: float
-    per_frame_exceedance: float
-    method: str
-    holdout_max: float
-    holdout_mean: float
-    holdout_std: float
-
-
-def per_frame_exceedance(false_alarms_per_hour: float, fps: float, trigger: int, window: int) -> float:
-    frames_per_hour = max(fps, 1e-3) * 3600.0
-    p = (false_alarms_per_hour / (frames_per_hour * math.comb(window, trigger))) ** (1.0 / trigger)
-    return float(min(max(p, 1e-9), 0.5))
-
-
-def choose_threshold(holdout_scores: np.ndarray, false_alarms_per_hour: float, fps: float,
-                     trigger: int, window: int) -> ThresholdChoice:
-    from scipy.stats import norm
-
-    s = np.asarray(holdout_scores, np.float64)
-    p = per_frame_exceedance(false_alarms_per_hour, fps, trigger, window)
-    mean, std = float(s.mean()), float(s.std(ddof=1)) if len(s) > 1 else 1.0
-    tail = mean + max(std, 1e-6) * float(norm.isf(p))
-    floor = float(s.max()) + 0.25 * max(std, 1e-6)
-    value, method = (tail, "normal tail") if tail >= floor else (floor, "held-out maximum")
-    return ThresholdChoice(value, p, f"{method}: p={p:.2e} per frame for "
-                           f"{false_alarms_per_hour:g}/h at {fps:g} fps, {trigger} of {window}",
-                           float(s.max()), mean, std)
 
 
 def fit_tile_density(kind: str, x: np.ndarray, seed: int = 0) -> Density:
@@ -161,8 +141,55 @@ class Calibration:
         return self.facts.frames_holdout
 
     @property
+    def trimmed(self) -> list[dict]:
+        """Stretches of the window left out of the normal set as unusual."""
+        return list(self.data["frames"].get("trimmed", []))
+
+    def coverage(self) -> str:
+        """What the window covered, e.g. '600 frames over 120 s of scene (12 trimmed)'."""
+        f = self.data["frames"]
+        trimmed = sum(t["frames"] for t in self.trimmed)
+        return (f"{f['total']} frames over {f.get('seconds', 0):g} s of scene"
+                + (f", {f['dropped']} dropped" if f.get("dropped") else "")
+                + (f", {trimmed} trimmed" if trimmed else ""))
+
+    @property
     def bundle_label(self) -> str:
         return self.facts.bundle_label
+
+    def retarget(self, false_alarms_per_hour: float, trigger: int, window: int) -> str | None:
+        """Re-threshold for another false-alarm target or trigger rule from the stored
+        out-of-fold scores, without refitting; says what changed (None: nothing did). A value
+        edited by hand is kept: the user chose it."""
+        t = self.data["threshold"]
+        rule = {"false_alarms_per_hour": false_alarms_per_hour, "trigger_frames": trigger,
+                "window_frames": window}
+        if all(t.get(k) == v for k, v in rule.items()):
+            return None
+        scores = self.data.get("scores", {}).get("out_of_fold")
+        if not scores or "chosen" not in t:
+            return "the calibration file holds no out-of-fold scores (version 1); recalibrate " \
+                   "to re-threshold for the new alert settings"
+        if t["value"] != t["chosen"]:
+            return f"threshold {t['value']:g} was set by hand; kept for the new alert settings"
+        choice = choose_threshold(np.asarray(scores), false_alarms_per_hour, float(t["fps"]),
+                                  trigger, window)
+        old = t["value"]
+        t.update(choice.to_dict(), chosen=choice.value, **rule)
+        self.facts = CalibrationFacts.parse(self.data)
+        return f"threshold {old:.2f} -> {choice.value:.2f} ({choice.method})"
+
+    def p_normal(self, score: float) -> float | None:
+        """How often a normal frame scores at least this high, from the window's out-of-fold
+        scores (their Pareto tail above its level u): a bounded, readable companion to the
+        unbounded score. None for a version 1 file, which keeps no scores."""
+        scores = self.data.get("scores", {}).get("out_of_fold")
+        tail = self.data["threshold"].get("tail")
+        if not scores or not tail:
+            return None
+        if score > tail["u"]:
+            return TailFit(**tail).survival(score)
+        return max(float(np.mean(np.asarray(scores) >= score)), 1.0 / len(scores))
 
     def tile_scores(self, features: np.ndarray) -> np.ndarray:
         """(tiles, D) features of one frame -> standardised anomaly score per tile (inactive
@@ -200,7 +227,8 @@ class Calibration:
         except OSError as e:  # a directory, no permission, an I/O error
             raise CalibrationError(f"cannot read calibration {path} ({e.strerror or e}); point "
                                    "cameras[].calibration at a readable JSON file") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != VERSION:
+        if not isinstance(data, dict) or data.get("format") != FORMAT or \
+                data.get("version") not in (1, VERSION):
             raise CalibrationError(f"{path} is not a pathwatch calibration (format {FORMAT} "
                                    f"version {VERSION}); recalibrate")
         try:
@@ -232,56 +260,140 @@ class Calibration:
                                    f"{grid.count} (or other active tiles); recalibrate this camera")
 
 
+def refit_like(d: Density, x: np.ndarray, seed: int = 0) -> Density:
+    """The same kind and form as `d` (components, covariance), fitted on other frames: the
+    out-of-fold models skip the full model selection, which is the slow part."""
+    if d.kind == "kde":
+        return fit_kde(x, bandwidth="scott", standardize=True)
+    return fit_gmm(x, components=(d.n_components,), covariance_types=(d.covariance_type,),
+                   seed=seed, reg_covar=TILE_REG_COVAR)
+
+
+def fold_blocks(n: int, folds: int) -> list[tuple[int, int]]:
+    edges = np.linspace(0, n, folds + 1).astype(int)
+    return list(zip(edges[:-1].tolist(), edges[1:].tolist()))
+
+
+@dataclass
+class _Fit:
+    """Tile densities fitted on a set of frames, and those frames' out-of-fold scores."""
+    densities: list[Density | None]
+    mean: np.ndarray  # per tile, of the out-of-fold negative log-likelihood (median)
+    std: np.ndarray  # (1.4826 MAD: the SD of a normal distribution, robustly)
+    frame_scores: np.ndarray  # out of fold, standardised, worst tile
+
+
+def _fit_tiles(features: np.ndarray, active, density: str, folds: int, seed: int) -> _Fit:
+    n, tiles = features.shape[:2]
+    densities: list[Density | None] = [None] * tiles
+    nll = np.full((n, tiles), np.nan)
+    blocks = fold_blocks(n, folds)
+    for i in np.flatnonzero(active):
+        x = features[:, i]
+        densities[i] = d = fit_tile_density(density, x, seed)
+        for a, b in blocks:
+            rest = np.r_[0:a, b:n]
+            nll[a:b, i] = -refit_like(d, x[rest], seed).score(x[a:b])
+    on = np.asarray(active, bool)
+    # Median and MAD, not mean and SD: an event in the window must not stretch the scale it
+    # is measured in (a stretched scale hides it from trimming and lowers its later scores).
+    mean, std = np.zeros(tiles), np.ones(tiles)
+    mean[on] = np.median(nll[:, on], axis=0)
+    std[on] = np.maximum(1.4826 * np.median(np.abs(nll[:, on] - mean[on]), axis=0), 1e-3)
+    z = (nll[:, on] - mean[on]) / std[on]
+    return _Fit(densities, mean, std, np.max(np.nan_to_num(z, nan=np.inf), axis=1))
+
+
+def feature_distance(features: np.ndarray, active) -> np.ndarray:
+    """Each frame's distance from the window's typical frame: per tile and feature, robust
+    z-scores against the window's median and MAD (which a minority of odd frames does not
+    move), root-mean-square over features, worst tile. No density is fitted: an event in the
+    window cannot teach the measure that it is normal."""
+    x = features[:, np.asarray(active, bool)].astype(np.float64)
+    med = np.median(x, axis=0)
+    mad = 1.4826 * np.median(np.abs(x - med), axis=0)
+    z = (x - med) / np.maximum(mad, 1e-9 + 1e-6 * np.abs(med))
+    return np.sqrt(np.mean(z ** 2, axis=2)).max(axis=1)
+
+
+def unusual_frames(distance: np.ndarray, pad: int) -> np.ndarray:
+    """Frames far out against the rest (beyond the upper quartile plus TRIM_IQR
+    interquartile ranges), and `pad` frames either side of each."""
+    q1, q3 = np.percentile(distance, [25, 75])
+    far = np.flatnonzero(distance > q3 + TRIM_IQR * max(q3 - q1, 1e-9))
+    out = np.zeros(len(distance), bool)
+    for i in far:
+        out[max(0, i - pad):i + pad + 1] = True
+    return out
+
+
+def _stretches(times: np.ndarray, trimmed: np.ndarray, distance: np.ndarray) -> list[dict]:
+    """Trimmed frames as stretches of the window: from, to (seconds into it), frames, and the
+    largest feature distance (typical frames are near 1)."""
+    out = []
+    for run in np.split(np.flatnonzero(trimmed), np.flatnonzero(np.diff(np.flatnonzero(trimmed)) > 1) + 1):
+        if len(run):
+            out.append({"from_s": round(float(times[run[0]]), 1), "to_s": round(float(times[run[-1]]), 1),
+                        "frames": int(len(run)), "peak_distance": round(float(distance[run].max()), 1)})
+    return out
+
+
 def fit_calibration(camera: str, features: np.ndarray, grid: TileGrid, bundle_identity: dict,
                     bundle_label: str, *, density: str = "gmm-bic", holdout: float = 0.3,
                     false_alarms_per_hour: float = 0.5, fps: float = 5.0, trigger: int = 3,
                     window: int = 5, source: str = "", seconds: float = 0.0,
+                    times: np.ndarray | None = None, dropped: int = 0,
                     seed: int = 0) -> Calibration:
-    """features: (frames, tiles, D) from normal frames in capture order."""
+    """features: (frames, tiles, D) from normal frames in capture order; times: their scene
+    seconds from the window's start (default: frame / fps). `holdout` is the share of the
+    window each out-of-fold block holds (0.3: three blocks)."""
     n = len(features)
     if n < MIN_CALIBRATION_FRAMES:
         raise CalibrationError(f"calibration needs at least {MIN_CALIBRATION_FRAMES} normal "
-                               f"frames, got {n}; raise calibration.frames")
-    # Hold out interleaved frames (every k-th), not the last ones: drift then affects both.
-    n_hold = max(5, int(round(n * holdout)))
-    step = n / n_hold
-    hold_idx = np.unique((np.arange(n_hold) * step).astype(int))
-    fit_idx = np.setdiff1d(np.arange(n), hold_idx)
-    tiles, densities, tile_holdout = [], [], []
+                               f"frames, got {n}; collect for longer (calibration.seconds)")
+    times = np.arange(n) / max(fps, 1e-3) if times is None else np.asarray(times, np.float64)
+    folds = max(2, min(10, round(1.0 / holdout)))
+    distance = feature_distance(features, grid.active)
+    trimmed = unusual_frames(distance, pad=max(window, int(round(TRIM_PAD_S * fps))))
+    kept = n - int(trimmed.sum())
+    if trimmed.mean() > MAX_TRIMMED or kept < MIN_CALIBRATION_FRAMES:
+        where = ", ".join(f"{t['from_s']:g}-{t['to_s']:g} s" for t in
+                          _stretches(times, trimmed, distance)[:5])
+        raise CalibrationError(
+            f"the calibration window is too contaminated: {int(trimmed.sum())} of {n} frames "
+            f"score far out against the rest (at {where}); calibrate on a stretch without "
+            "unusual events, or a longer one")
+    fit = _fit_tiles(features[~trimmed], grid.active, density, folds, seed)
+    choice = choose_threshold(fit.frame_scores, false_alarms_per_hour, fps, trigger, window)
+    return Calibration(_calibration_data(
+        camera, grid, bundle_identity, bundle_label, density, fit, choice,
+        frames={"total": n, "fit": kept, "holdout": kept, "folds": folds,
+                "trimmed": _stretches(times, trimmed, distance),
+                "source": source, "seconds": round(seconds, 1), "dropped": int(dropped)},
+        rule={"false_alarms_per_hour": false_alarms_per_hour, "fps": fps,
+              "trigger_frames": trigger, "window_frames": window}), fit.densities)
+
+
+def _calibration_data(camera, grid, bundle_identity, bundle_label, density, fit: _Fit,
+                      choice: Threshold, frames: dict, rule: dict) -> dict:
+    tiles = []
     for i in range(grid.count):
         col, row = grid.position(i)
-        if not grid.active[i]:
-            tiles.append({"index": i, "col": col, "row": row, "active": False})
-            densities.append(None)
-            continue
-        d = fit_tile_density(density, features[fit_idx, i], seed)
-        nll = -d.score(features[hold_idx, i])
-        mean, std = float(nll.mean()), float(max(nll.std(ddof=1), 1e-3))
-        tile_holdout.append((nll - mean) / std)
-        tiles.append({"index": i, "col": col, "row": row, "active": True, "mean": mean,
-                      "std": std, "density": d.to_dict(), "density_label": d.summary()["label"]})
-        densities.append(d)
-    frame_scores = np.max(np.stack(tile_holdout, axis=1), axis=1)
-    choice = choose_threshold(frame_scores, false_alarms_per_hour, fps, trigger, window)
-    data = {
-        "format": FORMAT, "version": VERSION, "camera": camera,
-        "created": iso_now("seconds"),
+        d = fit.densities[i]
+        tiles.append({"index": i, "col": col, "row": row, "active": d is not None,
+                      "mean": float(fit.mean[i]), "std": float(fit.std[i]),
+                      **({"density": d.to_dict(), "density_label": d.summary()["label"]}
+                         if d is not None else {})})
+    s = fit.frame_scores
+    return {
+        "format": FORMAT, "version": VERSION, "camera": camera, "created": iso_now("seconds"),
         "bundle": {**{k: bundle_identity[k] for k in ("weights_sha256", "graph_sha256")},
                    "label": bundle_label},
-        "grid": grid.describe(),
-        "frames": {"total": n, "fit": int(len(fit_idx)), "holdout": int(len(hold_idx)),
-                   "source": source, "seconds": round(seconds, 1)},
-        "density": density,
-        "tiles": tiles,
-        "scores": {"holdout_frame_max": choice.holdout_max, "holdout_frame_mean": choice.holdout_mean,
-                   "holdout_frame_std": choice.holdout_std},
-        "threshold": {"value": choice.value, "method": choice.method,
-                      "false_alarms_per_hour": false_alarms_per_hour, "fps": fps,
-                      "trigger_frames": trigger, "window_frames": window,
-                      "per_frame_exceedance": choice.per_frame_exceedance,
-                      "note": "edit value freely; scores are standardised tile scores"},
+        "grid": grid.describe(), "frames": frames, "density": density, "tiles": tiles,
+        "scores": {"out_of_fold": [round(float(x), 4) for x in s],
+                   "frame_max": float(s.max()), "frame_mean": float(s.mean()),
+                   "frame_std": float(s.std(ddof=1))},
+        "threshold": {**choice.to_dict(), "chosen": choice.value, **rule,
+                      "note": "edit value freely (it is kept until the rule above changes); "
+                              "scores are standardised tile scores"},
     }
-    for t in tiles:
-        t.setdefault("mean", 0.0)
-        t.setdefault("std", 1.0)
-    return Calibration(data, densities)

@@ -65,11 +65,48 @@ class Lifecycle(enum.Enum):
 
 @dataclass(frozen=True)
 class CalibrationPlan:
-    """How this process gets calibrations: how many frames to collect, whether every camera
-    may collect (`pathwatch calibrate`), whether saved files are ignored (--recalibrate)."""
-    frames: int
+    """How this process gets calibrations: how much normal scene to collect (`seconds` of
+    scene time, or a count of `frames` where one is asked for), whether every camera may
+    collect (`pathwatch calibrate`), whether saved files are ignored (--recalibrate)."""
+    seconds: float | None = 120.0
+    frames: int | None = None
     collect_always: bool = False
     recalibrate: bool = False
+
+    def describe(self) -> str:
+        return f"{self.frames} normal frames" if self.frames else \
+            f"{self.seconds:g} s of normal scene"
+
+
+class Collection:
+    """Normal frames gathered for calibration: their features and scene times. The window is
+    measured on the frames' capture clock, so a slow CPU collects fewer frames of the same
+    stretch of scene, not a longer stretch."""
+
+    def __init__(self, dropped_before: int):
+        self.started = time.time()
+        self.features: list[np.ndarray] = []
+        self.times: list[float] = []
+        self.dropped_before = dropped_before
+
+    def add(self, frame: Frame, features: np.ndarray) -> None:
+        self.features.append(features)
+        self.times.append(frame.time)
+
+    @property
+    def scene_seconds(self) -> float:
+        return self.times[-1] - self.times[0] if self.times else 0.0
+
+    def progress(self, plan: CalibrationPlan) -> tuple[float, float]:
+        """(done, total) in frames or in scene seconds, as the plan counts."""
+        if plan.frames:
+            return len(self.features), plan.frames
+        return round(min(self.scene_seconds, plan.seconds), 1), plan.seconds
+
+    def complete(self, plan: CalibrationPlan) -> bool:
+        if plan.frames:
+            return len(self.features) >= plan.frames
+        return self.scene_seconds >= plan.seconds and len(self.features) >= MIN_CALIBRATION_FRAMES
 
 
 @dataclass(frozen=True)
@@ -85,6 +122,7 @@ class CameraStats:
     skipped_fps: float
     reconnects: int
     score: float | None
+    p_normal: float | None  # how often a normal frame scores this high (bounded, readable)
     threshold: float | None
     latency_p50_ms: float | None
     latency_p99_ms: float | None
@@ -135,11 +173,11 @@ class Camera:
         self.grid: TileGrid | None = None
         self.calibration: Calibration | None = None
         self.calibrated_here = False  # this process wrote the camera's calibration file
-        self._collected: list[np.ndarray] = []
-        self._collect_started = 0.0
+        self._collection = Collection(0)
         self._processed = RateMeter()
         self._latency_ms: list[float] = []
         self._last_score: float | None = None
+        self._last_p_normal: float | None = None
         self._last_score_sent = -math.inf
 
     @property
@@ -160,9 +198,8 @@ class Camera:
     def collecting(self) -> bool:
         return self.lifecycle is Lifecycle.COLLECTING
 
-    @property
-    def collected(self) -> int:
-        return len(self._collected)
+    def collection_progress(self) -> tuple[float, float]:
+        return self._collection.progress(self.plan)
 
     # ------------------------------------------------------------------ start and stop
     def start(self) -> None:
@@ -187,6 +224,7 @@ class Camera:
         if path.exists() and not self._ignores_saved_file():
             try:
                 self.calibration = Calibration.load(path)
+                self._retarget()
                 self.lifecycle = Lifecycle.PENDING  # checked against the first frame's grid
                 return
             except CalibrationError as e:
@@ -194,6 +232,14 @@ class Camera:
         else:
             reason = f"no calibration at {path}"
         self._collect_or_refuse(reason)
+
+    def _retarget(self) -> None:
+        """The saved threshold, re-chosen for the current false-alarm target and trigger rule."""
+        a = self.config.alerts
+        said = self.calibration.retarget(self.config.calibration.false_alarms_per_hour,
+                                         a.trigger_frames, a.window_frames)
+        if said:
+            log.info("camera %s: %s", self.name, said)
 
     def _ignores_saved_file(self) -> bool:
         # --recalibrate replaces each camera's file once; a reload after that keeps the new one.
@@ -204,10 +250,10 @@ class Camera:
 
     def _collect_or_refuse(self, reason: str) -> None:
         if self._may_collect():
-            self.calibration, self._collected = None, []
-            self._collect_started = time.time()
+            self.calibration = None
+            self._collection = Collection(self.source.stats()["dropped"])
             self.lifecycle = Lifecycle.COLLECTING
-            self._announce("calibrating", f"{reason}; collecting {self.plan.frames} normal frames")
+            self._announce("calibrating", f"{reason}; collecting {self.plan.describe()}")
         else:
             self._refuse(f"{reason}; run `pathwatch calibrate --camera {self.name}` or set "
                          "calibration.auto: true")
@@ -224,7 +270,7 @@ class Camera:
     def _source_status(self, name: str, state: str, detail: str = "") -> None:
         if state == "online" and self.collecting:
             # Frames flow, but no alert can come before the calibration is done: say so.
-            state, detail = "calibrating", f"{detail}; collecting {self.plan.frames} normal frames"
+            state, detail = "calibrating", f"{detail}; collecting {self.plan.describe()}"
         log.info("camera %s: %s%s", name, state, f" ({detail})" if detail else "")
         self.on_status(name, state, detail)
 
@@ -235,7 +281,7 @@ class Camera:
         if self.grid is not None and (self.grid.frame_w, self.grid.frame_h) == (w, h):
             return True
         if self.collecting and self.grid is not None:
-            self._collected = []  # features of another frame size do not mix
+            self._collection = Collection(self.source.stats()["dropped"])  # sizes do not mix
         c = self.cfg
         self.grid = TileGrid(w, h, self.bundle.image_size[0], c.tiles[0], c.tiles[1],
                              tuple(c.roi), [tuple(r) for r in c.ignore], c.exposure)
@@ -275,15 +321,15 @@ class Camera:
         calibrating, scored otherwise. Returns what to publish."""
         self._processed.tick(time.monotonic())
         if self.collecting:
-            self._collect(features)
+            self._collect(frame, features)
             return FrameResult()
         if self.lifecycle is not Lifecycle.SCORING:
             return FrameResult()
         return self._score(frame, features, maps)
 
-    def _collect(self, features: np.ndarray) -> None:
-        self._collected.append(features)
-        if len(self._collected) >= self.plan.frames:
+    def _collect(self, frame: Frame, features: np.ndarray) -> None:
+        self._collection.add(frame, features)
+        if self._collection.complete(self.plan):
             self._finish_calibration()
 
     def check_source_end(self) -> None:
@@ -291,7 +337,7 @@ class Camera:
         gave, or refuse with the count, rather than wait for frames that never come."""
         if not self.collecting or not self.source.exhausted():
             return
-        n = len(self._collected)
+        n = len(self._collection.features)
         if n < MIN_CALIBRATION_FRAMES:
             self._refuse(f"the source ended after {n} processed frames; calibration needs at "
                          f"least {MIN_CALIBRATION_FRAMES} (use a longer clip, on_end: loop, or a "
@@ -309,24 +355,33 @@ class Camera:
         except CalibrationError as e:
             self._refuse(f"calibration failed: {e}")
             return
-        self.calibration, self._collected = cal, []
+        self.calibration, self._collection = cal, Collection(0)
         self.calibrated_here = True
         self.lifecycle = Lifecycle.SCORING
-        self._announce("online", f"calibrated on {cal.frames_total} frames, threshold "
+        trimmed = cal.trimmed
+        if trimmed:
+            log.warning("camera %s: left out of the normal set as unusual: %s", self.name,
+                        "; ".join(f"{t['from_s']:g}-{t['to_s']:g} s into the window "
+                                  f"({t['frames']} frames, distance {t['peak_distance']:g})"
+                                  for t in trimmed))
+        self._announce("online", f"calibrated on {cal.coverage()}, threshold "
                        f"{cal.threshold:.2f} ({cal.threshold_method}); saved "
                        f"{self.calibration_path}")
 
     def _fit(self) -> Calibration:
-        c = self.config.calibration
-        fps = self.cfg.fps or max(self._processed.per_second(time.monotonic()), 1.0)
+        c, w = self.config.calibration, self._collection
+        times = np.asarray(w.times) - w.times[0]
+        # The rate frames were actually scored at (a busy CPU falls short of the fps cap).
+        fps = (len(times) - 1) / times[-1] if times[-1] > 0 else (self.cfg.fps or 1.0)
         density = c.density if c.density != "auto" else self.bundle.default_density
         return fit_calibration(
-            self.name, np.stack(self._collected), self.grid, self.bundle.identity(),
+            self.name, np.stack(w.features), self.grid, self.bundle.identity(),
             self.bundle.label, density=density, holdout=c.holdout,
-            false_alarms_per_hour=c.false_alarms_per_hour, fps=fps,
+            false_alarms_per_hour=c.false_alarms_per_hour, fps=round(fps, 3),
             trigger=self.config.alerts.trigger_frames, window=self.config.alerts.window_frames,
             source=self.source.spec.describe(),  # URL passwords masked
-            seconds=time.time() - self._collect_started)
+            seconds=w.scene_seconds, times=times,
+            dropped=self.source.stats()["dropped"] - w.dropped_before)
 
     def _score(self, frame: Frame, features: np.ndarray, maps: np.ndarray) -> FrameResult:
         tile_scores = self.calibration.tile_scores(features)
@@ -337,11 +392,15 @@ class Camera:
         self._latency_ms = (self._latency_ms + [latency_ms])[-LATENCY_SAMPLES:]
         col, row = self.grid.position(tile)
         events = self.tracker.update(frame.time, score, self.threshold, [col, row], frame.index)
-        extra = {"latency_ms": round(latency_ms, 1), "labels": list(frame.labels)}
+        p_normal = self.calibration.p_normal(score)
+        self._last_p_normal = p_normal
+        extra = {"latency_ms": round(latency_ms, 1), "labels": list(frame.labels),
+                 "p_normal": _sig(p_normal)}
         alerts = [AlertMessage(e, extra, self._attachments(e, frame, tile_scores, maps))
                   for e in events]
         return FrameResult(latency_ms, alerts, self._score_payload(frame, score, [col, row],
-                                                                   tile_scores, latency_ms))
+                                                                   tile_scores, latency_ms,
+                                                                   p_normal))
 
     def _attachments(self, event: AlertEvent, frame: Frame, tile_scores: np.ndarray,
                      maps: np.ndarray) -> dict[str, bytes]:
@@ -356,13 +415,14 @@ class Camera:
         return out
 
     def _score_payload(self, frame: Frame, score: float, tile: list, tile_scores: np.ndarray,
-                       latency_ms: float) -> dict | None:
+                       latency_ms: float, p_normal: float | None) -> dict | None:
         rate = self.config.publisher.score_rate_hz
         now = time.monotonic()
         if not rate or now - self._last_score_sent < 1.0 / rate:
             return None
         self._last_score_sent = now
-        return {"score": round(score, 3), "threshold": round(self.threshold, 3), "tile": tile,
+        return {"score": round(score, 3), "threshold": round(self.threshold, 3),
+                "p_normal": _sig(p_normal), "tile": tile,
                 "frame": frame.index, "latency_ms": round(latency_ms, 1),
                 "tiles": [round(float(s), 2) if np.isfinite(s) else None for s in tile_scores],
                 "grid": [self.grid.cols, self.grid.rows]}
@@ -388,7 +448,7 @@ class Camera:
             return
         if self.collecting:
             # Only a file written since the collection began (`pathwatch calibrate`) ends it.
-            fresh = (path.exists() and path.stat().st_mtime > self._collect_started
+            fresh = (path.exists() and path.stat().st_mtime > self._collection.started
                      and not self._ignores_saved_file())
             if not fresh:
                 return
@@ -403,7 +463,8 @@ class Camera:
             log.error("camera %s: %s; keeping %s", self.name, e,
                       "the collection under way" if self.collecting else "the calibration in use")
             return
-        self.calibration, self._collected = cal, []
+        self.calibration, self._collection = cal, Collection(0)
+        self._retarget()
         if self.grid is None:
             self.lifecycle = Lifecycle.PENDING
             return
@@ -433,7 +494,13 @@ class Camera:
             skipped_fps=round(max(0.0, s["camera_fps"] - s["delivered_fps"]), 2),
             reconnects=s["reconnects"],
             score=None if self._last_score is None else round(self._last_score, 3),
+            p_normal=_sig(self._last_p_normal),
             threshold=round(threshold, 3) if math.isfinite(threshold) else None,
             latency_p50_ms=round(lat[len(lat) // 2], 1) if lat else None,
             latency_p99_ms=round(lat[int(len(lat) * 0.99)], 1) if lat else None,
             refused=self.refused)
+
+
+def _sig(x: float | None) -> float | None:
+    """Three significant digits: a probability of 1e-9 must not round to 0."""
+    return None if x is None else float(f"{x:.3g}")

@@ -47,8 +47,13 @@ class ModelSection(Strict):
 class CalibrationSection(Strict):
     """How a camera learns what normal looks like and where its threshold goes."""
     auto: bool = Field(True, description="a camera without calibration calibrates itself first")
-    frames: int = Field(150, ge=20, description="normal frames collected for calibration")
-    holdout: float = Field(0.3, gt=0.0, lt=0.9, description="share held out to set the threshold")
+    seconds: float = Field(120.0, ge=5.0, description="scene seconds of normal frames to "
+                           "collect, on the frames' capture clock (a slow CPU collects fewer "
+                           "frames of the same stretch, never a longer one)")
+    frames: int | None = Field(None, ge=20, description="collect this many processed frames "
+                               "instead of `seconds`")
+    holdout: float = Field(0.3, gt=0.0, lt=0.9, description="share of the window each "
+                           "out-of-fold block holds (0.3: three blocks)")
     false_alarms_per_hour: float = Field(0.5, gt=0.0, description="target false alerts per hour")
     density: Literal["auto", "gmm-bic", "gmm-cv", "kde"] = "auto"
 

@@ -45,12 +45,13 @@ class Daemon:
     def __init__(self, config: Config, config_path: str | Path | None = None, *,
                  only: list[str] | None = None, calibrate_only: bool = False,
                  recalibrate: bool = False, calibration_frames: int | None = None,
+                 calibration_seconds: float | None = None,
                  on_progress: Callable[[str, int, int], None] | None = None,
                  notify: Callable[[str], None] | None = None,
                  overrides: Callable[[Config], None] | None = None):
         self.config, self.config_path = config, config_path
         self.only, self.calibrate_only, self.recalibrate = only, calibrate_only, recalibrate
-        self.frames_asked = calibration_frames  # calibrate --frames; else the config's count
+        self.window_asked = (calibration_seconds, calibration_frames)  # calibrate --seconds/--frames
         self.on_progress = on_progress or (lambda name, n, total: None)
         self.notify = notify or (lambda state: None)  # systemd readiness/watchdog hook
         self.overrides = overrides  # command-line settings, re-applied to a reloaded config
@@ -123,8 +124,10 @@ class Daemon:
 
     def _plan(self, name: str, cfg: Config) -> CalibrationPlan:
         # --recalibrate replaces each camera's file once; a reload after that keeps the new one.
-        return CalibrationPlan(frames=self.frames_asked or cfg.calibration.frames,
-                               collect_always=self.calibrate_only,
+        seconds, frames = self.window_asked
+        if seconds is None and frames is None:
+            seconds, frames = cfg.calibration.seconds, cfg.calibration.frames
+        return CalibrationPlan(seconds=seconds, frames=frames, collect_always=self.calibrate_only,
                                recalibrate=self.recalibrate and name not in self.recalibrated)
 
     def _build_cameras(self, cfg: Config) -> dict[str, Camera]:
@@ -184,9 +187,8 @@ class Daemon:
             result = camera.observe(frame, feats[part], maps[part])
             self.frames_processed += 1
             if collecting:
-                total = camera.plan.frames
-                self.on_progress(camera.name, camera.collected if camera.collecting else total,
-                                 total)
+                done, total = camera.collection_progress()
+                self.on_progress(camera.name, done if camera.collecting else total, total)
             self._publish(camera, result)
 
     def _publish(self, camera: Camera, result: FrameResult) -> None:

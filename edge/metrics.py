@@ -29,6 +29,8 @@ class Metrics:
         self.online = Gauge("pathwatch_camera_online", "1 when the camera's source delivers frames", cam, registry=r)
         self.score = Gauge("pathwatch_score", "Last frame score (standardised)", cam, registry=r)
         self.threshold = Gauge("pathwatch_threshold", "Alert threshold", cam, registry=r)
+        self.p_normal = Gauge("pathwatch_score_p_normal", "How often a normal frame scores as "
+                              "high as the last one (from calibration; 0..1)", cam, registry=r)
         self.alerts = Counter("pathwatch_alert_events", "Alert events by state", cam + ["state"], registry=r)
         self.frame_latency = Histogram("pathwatch_frame_latency_seconds", "Capture to score latency",
                                        cam, buckets=LATENCY_BUCKETS, registry=r)
@@ -69,6 +71,8 @@ class Metrics:
             self.score.labels(name).set(stats.score)
         if stats.threshold is not None:
             self.threshold.labels(name).set(stats.threshold)
+        if stats.p_normal is not None:
+            self.p_normal.labels(name).set(stats.p_normal)
 
     def close(self) -> None:
         if self.server is not None:

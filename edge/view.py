@@ -35,6 +35,7 @@ class CameraView:
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
     score: float | None = None
+    p_normal: float | None = None  # how often a normal frame scores this high
     threshold: float | None = None
     tiles: list = field(default_factory=list)
     grid: tuple[int, int] = (0, 0)
@@ -86,6 +87,7 @@ class Snapshot:
         elif topic.startswith("score."):
             cam = self.camera(header["camera"])
             cam.score, cam.threshold = header.get("score"), header.get("threshold")
+            cam.p_normal = header.get("p_normal")
             cam.tiles, cam.grid = header.get("tiles") or [], tuple(header.get("grid") or (0, 0))
             if cam.score is not None:
                 cam.history.append((now, cam.score))
@@ -150,6 +152,14 @@ def tile_grid(cam: CameraView) -> Text:
     return text
 
 
+def odds(p: float) -> str:
+    """0.02 -> 'once in 50 frames', 1e-7 -> 'once in 1e+07 frames'."""
+    if p >= 0.5:
+        return "often"
+    n = 1.0 / max(p, 1e-15)
+    return f"once in {n:.0f} frames" if n < 1e5 else f"once in {n:.0e} frames"
+
+
 STATE_STYLE = {"online": "green", "alerting": "bold red", "calibrating": "yellow",
                "reconnecting": "yellow", "connecting": "yellow", "offline": "red",
                "refused": "red"}
@@ -172,7 +182,8 @@ def camera_panel(cam: CameraView, now: float) -> Panel:
     score = "-" if cam.score is None else f"{cam.score:.2f}"
     thr = "-" if cam.threshold is None else f"{cam.threshold:.2f}"
     over = cam.score is not None and cam.threshold is not None and cam.score > cam.threshold
-    t.add_row("score", Text(f"{score} / threshold {thr}", style="bold red" if over else ""))
+    rarity = "" if cam.p_normal is None else f"  (normal frames score this high {odds(cam.p_normal)})"
+    t.add_row("score", Text(f"{score} / threshold {thr}{rarity}", style="bold red" if over else ""))
     t.add_row("last 60 s", sparkline(cam.history, cam.threshold, now))
     t.add_row("tiles", tile_grid(cam))
     return Panel(t, title=f"[bold]{cam.name}", border_style=STATE_STYLE.get(cam.state, "white"))

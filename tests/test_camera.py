@@ -49,25 +49,32 @@ def test_reported_state_never_hides_a_dead_source(tmp_path, tiny_bundle, lifecyc
 
 
 # ------------------------------------------------------------------ transitions, with real parts
-def write_video(path, frames=60, size=(160, 120)):
-    base = cv2.resize(cv2.cvtColor(data.coffee(), cv2.COLOR_RGB2BGR), size).astype(np.float32)
+def scene_frame(rng, size=(160, 120), with_object=False):
+    img = cv2.resize(cv2.cvtColor(data.coffee(), cv2.COLOR_RGB2BGR), size).astype(np.float32)
+    img += rng.normal(0, 2.0, img.shape)
+    if with_object:  # a black-and-white checkerboard set down in the view
+        img[30:70, 40:80] = 255.0 * (np.indices((40, 40)).sum(0) % 8 < 4)[..., None]
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_video(path, frames=60, size=(160, 120), object_frames=range(0)):
     rng = np.random.default_rng(0)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, size)
-    for _ in range(frames):
-        writer.write(np.clip(base + rng.normal(0, 2.0, base.shape), 0, 255).astype(np.uint8))
+    for i in range(frames):
+        writer.write(scene_frame(rng, size, i in object_frames))
     writer.release()
     return path
 
 
 def make_camera(tmp_path, bundle_dir, source, plan=None, **camera):
+    plan = plan or CalibrationPlan(frames=FRAMES)
     cam = {"name": "cam", "source": source, "fps": None, "tiles": [2, 2], **camera}
     config = parse_config(json.dumps({
         "state_dir": str(tmp_path / "state"), "calibration": {"frames": FRAMES},
         "capture": {"open_timeout_s": 2.0, "reconnect_after_s": 1.0, "backoff_max_s": 1.0},
         "cameras": [cam]}), "test")
     statuses = []
-    camera = Camera(config.cameras[0], config, Bundle.load(bundle_dir),
-                    plan or CalibrationPlan(frames=FRAMES),
+    camera = Camera(config.cameras[0], config, Bundle.load(bundle_dir), plan,
                     lambda name, state, detail: statuses.append(state))
     return camera, statuses
 
@@ -138,6 +145,8 @@ def test_saved_calibration_is_pending_until_a_frame_shows_it_fits(tmp_path, tiny
         results = run_frames(cam, backend, 3)
         assert cam.lifecycle is Lifecycle.SCORING and "online" in statuses
         assert all(r.latency_ms is not None for r in results)  # scored, not collected
+        assert 0.0 < results[0].score["p_normal"] <= 1.0  # the bounded companion of the score
+        assert cam.stats().p_normal is not None
     finally:
         cam.stop(2.0, "test")
 
@@ -216,3 +225,22 @@ def test_unreachable_source_is_reported_as_such_whatever_the_calibration(tmp_pat
     finally:
         cam.stop(2.0, "test")
     assert cam.stats().state == "offline"
+
+
+def test_an_event_inside_the_calibration_window_is_trimmed_reported_and_still_alerts(
+        tmp_path, tiny_bundle, backend):
+    """A deliberately contaminated window: an object sits in view for a second of it."""
+    video = str(write_video(tmp_path / "event.avi", frames=110, object_frames=range(40, 50)))
+    cam, statuses = make_camera(tmp_path, tiny_bundle, video, plan=CalibrationPlan(frames=100))
+    cam.start()
+    try:
+        run_frames(cam, backend, 100)
+    finally:
+        cam.stop(2.0, "test")
+    cal = cam.calibration
+    assert cam.lifecycle is Lifecycle.SCORING and cal.trimmed, cal.data["frames"]
+    assert any(t["from_s"] <= 4.9 and t["to_s"] >= 4.0 for t in cal.trimmed), cal.trimmed
+    assert "trimmed" in cal.coverage() and cal.data["frames"]["fit"] < 100
+    obj = scene_frame(np.random.default_rng(5), with_object=True)
+    feats, _ = backend(cam.grid.cut(obj))
+    assert cal.frame_score(cal.tile_scores(feats))[0] > cal.threshold  # not learned as normal

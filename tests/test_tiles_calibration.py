@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from pathwatch.edge.calibration import (Calibration, CalibrationError, choose_threshold, fit_calibration,
-                              per_frame_exceedance)
+from pathwatch.edge.calibration import Calibration, CalibrationError, fit_calibration
 from pathwatch.edge.tiles import TileGrid, heatmap_image
 
 
@@ -54,21 +53,6 @@ def test_heatmap_is_an_image_of_the_grid():
     maps = np.random.default_rng(0).random((12, 16, 16)).astype(np.float32)
     img = heatmap_image(grid, np.linspace(-1, 5, 12), maps, threshold=3.0)
     assert img.shape == (3 * 16 * 4, 4 * 16 * 4, 3) and img.dtype == np.uint8
-
-
-def test_exceedance_follows_the_target_rate():
-    p = per_frame_exceedance(0.5, fps=5, trigger=3, window=5)
-    assert p == pytest.approx((0.5 / (5 * 3600 * 10)) ** (1 / 3))
-    assert per_frame_exceedance(5.0, 5, 3, 5) > p  # more alarms allowed -> lower threshold
-
-
-def test_threshold_is_never_below_the_held_out_maximum():
-    rng = np.random.default_rng(0)
-    scores = rng.normal(0, 1, 60)
-    choice = choose_threshold(scores, 0.5, 5, 3, 5)
-    assert choice.value > scores.max()
-    lax = choose_threshold(scores, 1000.0, 5, 1, 1)
-    assert lax.value >= scores.max() and "maximum" in lax.method
 
 
 def _features(rng, frames, tiles, shift=0.0):
@@ -129,9 +113,9 @@ def test_calibration_fields_are_typed_when_fitted_and_when_loaded(tmp_path):
     cal, path = _saved_calibration(tmp_path)
     for c in (cal, Calibration.load(path)):
         assert c.camera == "door" and c.bundle_label == "default 6d+ssim K=3"
-        assert c.frames_total == 40 and c.frames_holdout == 12
+        assert c.frames_total == 40 and c.frames_holdout == 40  # every frame scored out of fold
         assert c.false_alarms_per_hour == 2.0 and isinstance(c.false_alarms_per_hour, float)
-        assert c.threshold_method.startswith(("normal tail", "held-out maximum"))
+        assert c.threshold_method.startswith(("Pareto tail", "largest out-of-fold score"))
         assert c.threshold == c.data["threshold"]["value"] and c.facts.density == "gmm-bic"
         assert c.grid == TileGrid(320, 240, 32, cols=2, rows=1).describe()
 
@@ -163,3 +147,38 @@ def test_saving_where_it_cannot_be_written_says_what_to_set(tmp_path):
     with pytest.raises(CalibrationError, match=f"cannot write {target} .*set cameras\\[\\]"
                        "\\.calibration or state_dir to a writable path"):
         cal.save(target)
+
+
+def test_threshold_is_never_below_an_out_of_fold_score():
+    rng = np.random.default_rng(3)
+    cal = fit_calibration("cam", _features(rng, 60, 3), TileGrid(320, 240, 32, 3, 1),
+                          {"weights_sha256": "a", "graph_sha256": "b"}, "x", fps=5)
+    assert cal.threshold >= max(cal.data["scores"]["out_of_fold"])
+    assert len(cal.data["scores"]["out_of_fold"]) == 60 and cal.data["frames"]["folds"] == 3
+
+
+def test_a_changed_alert_rule_rethresholds_from_the_stored_scores(tmp_path):
+    cal, path = _saved_calibration(tmp_path)
+    strict = Calibration.load(path)
+    assert strict.retarget(2.0, 3, 5) is None  # the rule it was fitted for: nothing to do
+    said = strict.retarget(0.01, 3, 5)
+    assert said.startswith(f"threshold {cal.threshold:.2f} -> ") and strict.threshold > cal.threshold
+    lax = Calibration.load(path)
+    lax.retarget(50.0, 1, 1)
+    assert lax.threshold <= cal.threshold
+    # A value set by hand is the user's choice: kept whatever the rule.
+    edited = json.loads(path.read_text())
+    edited["threshold"]["value"] = 42.0
+    path.write_text(json.dumps(edited))
+    mine = Calibration.load(path)
+    assert "set by hand" in mine.retarget(0.01, 3, 5) and mine.threshold == 42.0
+
+
+def test_a_version_1_file_still_loads_and_says_it_cannot_rethreshold(tmp_path):
+    cal, path = _saved_calibration(tmp_path)
+    old = json.loads(path.read_text())
+    old["version"] = 1
+    del old["scores"]["out_of_fold"], old["threshold"]["chosen"]
+    path.write_text(json.dumps(old))
+    again = Calibration.load(path)
+    assert again.threshold == cal.threshold and "recalibrate" in again.retarget(0.01, 3, 5)

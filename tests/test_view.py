@@ -114,3 +114,14 @@ def test_keys_from_a_real_terminal_ignore_escape_sequences():
         assert keys.pressed() == ""
     os.close(master)
     assert Keys(open(os.devnull)).__enter__().pressed() == ""  # not a terminal: no keys
+
+
+def test_the_score_row_says_how_rare_the_score_is_for_a_normal_frame():
+    snap = Snapshot(endpoint="x", started=0.0)
+    snap.apply("heartbeat", {"cameras": {"gate": {"state": "alerting", "source": "online",
+                                                  "lifecycle": "scoring", "threshold": 6.0}}}, now=1.0)
+    snap.apply("score.gate", {"camera": "gate", "score": 40.0, "threshold": 6.0,
+                              "p_normal": 2e-7, "tiles": [], "grid": [0, 0]}, now=1.0)
+    screen = text_of(render(snap, now=1.5))
+    assert "normal frames score this high once in 5e+06 frames" in screen
+    assert "source online, calibration scoring" in screen
