@@ -10,11 +10,12 @@ from its capture thread (edge.sources: connecting, online, reconnecting, offline
 | `pending`    | a calibration file was read; the first frame | `scoring`: it fits the frame's grid;   |
 |              | shows the frame size it must fit            | `collecting` / `refused`: it does not  |
 |              |                                              | (with / without auto-calibration)      |
-| `collecting` | normal frames are collected to calibrate     | `scoring`: enough frames, fitted and   |
-|              |                                              | saved; `refused`: the fit or the write |
-|              |                                              | failed, or the source ended too soon;  |
-|              |                                              | `scoring`: reload finds a file written |
-|              |                                              | since the collection began             |
+| `collecting` | normal frames are collected to calibrate     | `fitting`: the window is complete (or  |
+|              |                                              | the clip ended); `refused`: the source |
+|              |                                              | ended too soon; `scoring`: reload      |
+|              |                                              | finds a file written since it began    |
+| `fitting`    | the fit runs in its own thread; frames are   | `scoring`: fitted and saved;           |
+|              | taken and counted, not scored                | `refused`: the fit or the write failed |
 | `scoring`    | frames are scored, alerts may start          | `collecting` / `refused`: the frame    |
 |              |                                              | size changed and the calibration no    |
 |              |                                              | longer fits (an open alert ends)       |
@@ -26,14 +27,16 @@ Start: a usable calibration file gives `pending`; none (or `--recalibrate`) give
 
 What the camera reports (heartbeat, stats, view, metrics) is one word, `state`: `refused`
 when refused; otherwise the source's state whenever the source is not online (a dead camera
-is reported dead whatever its calibration), else `calibrating` while collecting, `alerting`
-while an alert is open, `online`. The source's state and the lifecycle travel beside it.
+is reported dead whatever its calibration), else `calibrating` while collecting or fitting,
+`alerting` while an alert is open, `online`. The source's state and the lifecycle travel
+beside it.
 """
 from __future__ import annotations
 
 import enum
 import logging
 import math
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -59,6 +62,7 @@ StatusCallback = Callable[[str, str, str], None]  # (camera, state, detail)
 class Lifecycle(enum.Enum):
     PENDING = "pending"
     COLLECTING = "collecting"
+    FITTING = "fitting"
     SCORING = "scoring"
     REFUSED = "refused"
 
@@ -198,6 +202,10 @@ class Camera:
     def collecting(self) -> bool:
         return self.lifecycle is Lifecycle.COLLECTING
 
+    @property
+    def calibrating(self) -> bool:
+        return self.lifecycle in (Lifecycle.COLLECTING, Lifecycle.FITTING)
+
     def collection_progress(self) -> tuple[float, float]:
         return self._collection.progress(self.plan)
 
@@ -268,7 +276,7 @@ class Camera:
         self.on_status(self.name, state, detail)
 
     def _source_status(self, name: str, state: str, detail: str = "") -> None:
-        if state == "online" and self.collecting:
+        if state == "online" and self.calibrating:
             # Frames flow, but no alert can come before the calibration is done: say so.
             state, detail = "calibrating", f"{detail}; collecting {self.plan.describe()}"
         log.info("camera %s: %s%s", name, state, f" ({detail})" if detail else "")
@@ -304,8 +312,8 @@ class Camera:
         if self.lifecycle is Lifecycle.REFUSED:
             return None, None
         frame = self.source.latest(timeout=0)
-        if frame is None:
-            return None, None
+        if frame is None or self.lifecycle is Lifecycle.FITTING:
+            return None, None  # while fitting, frames are taken (and counted), not scored
         was_scoring = self.lifecycle is Lifecycle.SCORING
         usable = self._fit_grid(frame)
         ended = None
@@ -332,9 +340,12 @@ class Camera:
         if self._collection.complete(self.plan):
             self._finish_calibration()
 
-    def check_source_end(self) -> None:
-        """A clip that ends (on_end: stop) while the camera collects: fit on the frames it
-        gave, or refuse with the count, rather than wait for frames that never come."""
+    def advance(self) -> None:
+        """What moves on without a frame, once per pass of the loop: a fit that finished is
+        installed; a clip that ends (on_end: stop) while the camera collects is fitted on the
+        frames it gave, or refused with the count, rather than waited on."""
+        if self.lifecycle is Lifecycle.FITTING and not self._fit_thread.is_alive():
+            self._install(self._fit_result)
         if not self.collecting or not self.source.exhausted():
             return
         n = len(self._collection.features)
@@ -348,28 +359,44 @@ class Camera:
         self._finish_calibration()
 
     def _finish_calibration(self) -> None:
-        """Fit on the collected frames and save; a fit or a write that fails refuses."""
-        try:
-            cal = self._fit()
-            cal.save(self.calibration_path)
-        except CalibrationError as e:
-            self._refuse(f"calibration failed: {e}")
+        """Fit and save in a thread of its own (tens of seconds on a small CPU): the frame loop,
+        other cameras, heartbeats and the watchdog go on meanwhile."""
+        collection, self._collection = self._collection, Collection(0)
+        self.lifecycle, self._fit_result = Lifecycle.FITTING, None
+
+        def fit() -> None:
+            try:
+                cal = self._fit(collection)
+                cal.save(self.calibration_path)
+                self._fit_result = cal
+            except CalibrationError as e:
+                self._fit_result = e
+            except Exception as e:  # a bug in fitting refuses the camera, never hangs it
+                log.exception("camera %s: calibration fit failed", self.name)
+                self._fit_result = CalibrationError(f"the fit failed ({e})")
+
+        self._fit_thread = threading.Thread(target=fit, name=f"pathwatch.calibrate:{self.name}",
+                                            daemon=True)
+        self._fit_thread.start()
+
+    def _install(self, result: Calibration | CalibrationError | None) -> None:
+        if not isinstance(result, Calibration):
+            self._refuse(f"calibration failed: {result}")
             return
-        self.calibration, self._collection = cal, Collection(0)
+        cal = self.calibration = result
         self.calibrated_here = True
         self.lifecycle = Lifecycle.SCORING
-        trimmed = cal.trimmed
-        if trimmed:
+        if cal.trimmed:
             log.warning("camera %s: left out of the normal set as unusual: %s", self.name,
                         "; ".join(f"{t['from_s']:g}-{t['to_s']:g} s into the window "
                                   f"({t['frames']} frames, distance {t['peak_distance']:g})"
-                                  for t in trimmed))
+                                  for t in cal.trimmed))
         self._announce("online", f"calibrated on {cal.coverage()}, threshold "
                        f"{cal.threshold:.2f} ({cal.threshold_method}); saved "
                        f"{self.calibration_path}")
 
-    def _fit(self) -> Calibration:
-        c, w = self.config.calibration, self._collection
+    def _fit(self, w: Collection) -> Calibration:
+        c = self.config.calibration
         times = np.asarray(w.times) - w.times[0]
         # The rate frames were actually scored at (a busy CPU falls short of the fps cap).
         fps = (len(times) - 1) / times[-1] if times[-1] > 0 else (self.cfg.fps or 1.0)
@@ -446,6 +473,8 @@ class Camera:
             self.grid = None  # checked against the grid with the next frame
             self._read_calibration()
             return
+        if self.lifecycle is Lifecycle.FITTING:
+            return  # the fit under way decides; a reload after it reads the file again
         if self.collecting:
             # Only a file written since the collection began (`pathwatch calibrate`) ends it.
             fresh = (path.exists() and path.stat().st_mtime > self._collection.started
@@ -477,7 +506,7 @@ class Camera:
             return "refused"
         if source_state != "online":
             return source_state
-        if self.collecting:
+        if self.calibrating:
             return "calibrating"
         return "alerting" if self.tracker.active else "online"
 

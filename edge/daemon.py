@@ -159,8 +159,8 @@ class Daemon:
             # a backend call or a loop that never returns is.
             self.notify("WATCHDOG=1")
             for camera in self.cameras.values():
-                camera.check_source_end()
-            if self.calibrate_only and not any(c.collecting for c in self.cameras.values()):
+                camera.advance()
+            if self.calibrate_only and not any(c.calibrating for c in self.cameras.values()):
                 break
         return 0
 

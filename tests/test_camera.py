@@ -27,6 +27,8 @@ REPORTED = [
     (Lifecycle.COLLECTING, "connecting", False, "connecting"),
     (Lifecycle.COLLECTING, "reconnecting", False, "reconnecting"),
     (Lifecycle.COLLECTING, "offline", False, "offline"),
+    (Lifecycle.FITTING, "online", False, "calibrating"),
+    (Lifecycle.FITTING, "reconnecting", False, "reconnecting"),
     (Lifecycle.PENDING, "online", False, "online"),
     (Lifecycle.PENDING, "reconnecting", False, "reconnecting"),
     (Lifecycle.SCORING, "online", False, "online"),
@@ -92,12 +94,20 @@ def run_frames(camera, backend, n, timeout=60.0):
     while len(results) < n and time.monotonic() < deadline:
         frame, _ = camera.next_frame()
         if frame is None:
-            camera.check_source_end()
+            camera.advance()
             time.sleep(0.005)
             continue
         feats, maps = backend(camera.tiles(frame))
         results.append(camera.observe(frame, feats, maps))
     return results
+
+
+def settle(camera, timeout=120.0):
+    """Wait for a fit under way (it runs in its own thread) and install it."""
+    deadline = time.monotonic() + timeout
+    while camera.lifecycle is Lifecycle.FITTING and time.monotonic() < deadline:
+        camera.advance()
+        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -112,6 +122,7 @@ def calibrated(tmp_path, tiny_bundle, backend, video, **camera):
     try:
         assert cam.lifecycle is Lifecycle.COLLECTING
         run_frames(cam, backend, FRAMES)
+        settle(cam)
     finally:
         cam.stop(2.0, "test")
     return cam, statuses
@@ -235,6 +246,7 @@ def test_an_event_inside_the_calibration_window_is_trimmed_reported_and_still_al
     cam.start()
     try:
         run_frames(cam, backend, 100)
+        settle(cam)
     finally:
         cam.stop(2.0, "test")
     cal = cam.calibration
