@@ -48,7 +48,8 @@ def calibrate(scene, backend, grid, bundle, seconds: float, fps: float, policy_c
     frames = int(round(seconds * scene.fps / step))
     feats = np.stack([backend(grid.cut(scene.frame(i * step)[0]))[0] for i in range(frames)])
     return fit_calibration("demo", feats, grid, bundle.identity(), bundle.label,
-                           density=bundle.default_density, fps=scene.fps / step, **policy_cfg)
+                           density=bundle.default_density, fps=scene.fps / step,
+                           seconds=seconds, **policy_cfg)
 
 
 def main() -> int:

@@ -63,7 +63,7 @@ def calibrate(feats, grid, bundle, fps, args):
     from pathwatch.edge.calibration import fit_calibration
 
     return fit_calibration("bench", feats, grid, bundle.identity(), bundle.label,
-                           density=bundle.default_density, fps=fps,
+                           density=bundle.default_density, fps=fps, seconds=len(feats) / fps,
                            false_alarms_per_hour=args.false_alarms_per_hour, trigger=3, window=5)
 
 

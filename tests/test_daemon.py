@@ -1,6 +1,7 @@
 """The daemon end to end: a video written by OpenCV, the tiny bundle, real ZeroMQ subscribers,
 SQLite journal, signals. Each test runs `pathwatch run` as a separate process."""
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,9 @@ from skimage import data
 from conftest import daemon_config
 from pathwatch.edge.subscriber import AlertSubscriber
 
-FPS, CALIB, NORMAL, ANOMALY, TAIL = 10, 30, 30, 30, 70
+# 15 s of normal scene before the object: a loaded machine that scores 2 frames a second
+# still calibrates its 30 frames on normal scene.
+FPS, CALIB, NORMAL, ANOMALY, TAIL = 10, 30, 120, 30, 70
 
 
 def write_scene_video(path):
@@ -185,7 +188,7 @@ def test_calibrate_command_writes_a_calibration(tmp_path, tiny_bundle, scene_vid
     cal = json.loads((tmp_path / "state" / "calibration" / "cam.json").read_text())
     assert cal["frames"]["total"] == 25 and cal["threshold"]["value"] > 0
     assert "threshold" in res.stdout
-    assert "25 frames are few to set a threshold" in res.stderr
+    assert re.search(r"\d+ frames are few to set a threshold", res.stderr), res.stderr
     again = subprocess.run([sys.executable, "-m", "pathwatch.cli", "calibrate", "--camera", "cam",
                             "--config", str(config), "--frames", "25"],
                            capture_output=True, text=True, timeout=120)
@@ -260,8 +263,9 @@ def test_sighup_reloads_config_and_keeps_the_sockets(tmp_path, tiny_bundle, scen
     proc = launch(config)
     sub = AlertSubscriber(f"ipc://{tmp_path}/pub.sock", None, topics=("status.",))
     try:
-        first = collect(sub, lambda g: any(m.header.get("state") == "online" for m in g), 60)
-        assert first, _log(proc)
+        first = collect(sub, lambda g: any(m.header.get("state") == "online" and "calibrated on"
+                                           in m.header.get("detail", "") for m in g), 90)
+        assert any("calibrated on" in m.header.get("detail", "") for m in first), _log(proc)
         # A reload whose camera source can never work is refused (by the checks start-up
         # makes) before anything running is touched: the camera stays up, nothing goes offline.
         good = config.read_text()
