@@ -115,6 +115,13 @@ class Calibration:
         self.mean = np.array([t["mean"] for t in tiles], np.float64)
         self.std = np.array([t["std"] for t in tiles], np.float64)
         self.active = np.array([t["active"] for t in tiles], bool)
+        self._read_tail()
+
+    def _read_tail(self) -> None:
+        """The out-of-fold scores and their tail fit, parsed once (None in version 1 files)."""
+        self._oof = np.asarray(self.data.get("scores", {}).get("out_of_fold") or [], np.float64)
+        tail = self.data["threshold"].get("tail")
+        self._tail = TailFit(**tail) if tail and len(self._oof) else None
 
     @property
     def camera(self) -> str:
@@ -177,19 +184,18 @@ class Calibration:
         old = t["value"]
         t.update(choice.to_dict(), chosen=choice.value, **rule)
         self.facts = CalibrationFacts.parse(self.data)
+        self._read_tail()
         return f"threshold {old:.2f} -> {choice.value:.2f} ({choice.method})"
 
     def p_normal(self, score: float) -> float | None:
         """How often a normal frame scores at least this high, from the window's out-of-fold
         scores (their Pareto tail above its level u): a bounded, readable companion to the
         unbounded score. None for a version 1 file, which keeps no scores."""
-        scores = self.data.get("scores", {}).get("out_of_fold")
-        tail = self.data["threshold"].get("tail")
-        if not scores or not tail:
+        if self._tail is None:
             return None
-        if score > tail["u"]:
-            return TailFit(**tail).survival(score)
-        return max(float(np.mean(np.asarray(scores) >= score)), 1.0 / len(scores))
+        if score > self._tail.u:
+            return self._tail.survival(score)
+        return max(float(np.mean(self._oof >= score)), 1.0 / len(self._oof))
 
     def tile_scores(self, features: np.ndarray) -> np.ndarray:
         """(tiles, D) features of one frame -> standardised anomaly score per tile (inactive
