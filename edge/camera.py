@@ -30,6 +30,9 @@ when refused; otherwise the source's state whenever the source is not online (a 
 is reported dead whatever its calibration), else `calibrating` while collecting or fitting,
 `alerting` while an alert is open, `online`. The source's state and the lifecycle travel
 beside it.
+
+Over 450 lines on purpose: a camera's whole life (the table above and every transition in it)
+is kept in one module, so that it can be read, and changed, in one place.
 """
 from __future__ import annotations
 

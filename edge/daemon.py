@@ -207,8 +207,7 @@ class Daemon:
                     event.alert_id, event.camera, event.score, event.peak_score,
                     event.peak_tile, header.get("seq"))
 
-    def _publish_end(self, event: AlertEvent) -> None:
-        """The `end` of an alert closed without a frame (shutdown, reload, a refit)."""
+    def _publish_end(self, event: AlertEvent) -> None:  # closed without a frame (stop, reload)
         self._publish_alert(AlertMessage(event, {"latency_ms": None, "labels": []}))
 
     def _prune_journal(self) -> None:
