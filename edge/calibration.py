@@ -34,7 +34,7 @@ from .bundle import JSON_KINDS
 from .clock import iso_now
 from .density import Density, fit_gmm, fit_kde, load_density
 from .files import write_json_atomic
-from .threshold import TailFit, Threshold, choose_threshold
+from .threshold import TailFit, Threshold, choose_threshold, exceedance_clusters
 from .tiles import TileGrid
 
 FORMAT = "pathwatch-calibration"
@@ -336,12 +336,9 @@ def unusual_frames(distance: np.ndarray, pad: int) -> np.ndarray:
 def _stretches(times: np.ndarray, trimmed: np.ndarray, distance: np.ndarray) -> list[dict]:
     """Trimmed frames as stretches of the window: from, to (seconds into it), frames, and the
     largest feature distance (typical frames are near 1)."""
-    out = []
-    for run in np.split(np.flatnonzero(trimmed), np.flatnonzero(np.diff(np.flatnonzero(trimmed)) > 1) + 1):
-        if len(run):
-            out.append({"from_s": round(float(times[run[0]]), 1), "to_s": round(float(times[run[-1]]), 1),
-                        "frames": int(len(run)), "peak_distance": round(float(distance[run].max()), 1)})
-    return out
+    return [{"from_s": round(float(times[run[0]]), 1), "to_s": round(float(times[run[-1]]), 1),
+             "frames": int(len(run)), "peak_distance": round(float(distance[run].max()), 1)}
+            for run in exceedance_clusters(trimmed, gap=1)]  # runs of consecutive frames
 
 
 def fit_calibration(camera: str, features: np.ndarray, grid: TileGrid, bundle_identity: dict,

@@ -262,12 +262,16 @@ class Camera:
     def _collect_or_refuse(self, reason: str) -> None:
         if self._may_collect():
             self.calibration = None
-            self._collection = Collection(self.source.stats()["dropped"])
+            self._collection = self._new_collection()
             self.lifecycle = Lifecycle.COLLECTING
             self._announce("calibrating", f"{reason}; collecting {self.plan.describe()}")
         else:
             self._refuse(f"{reason}; run `pathwatch calibrate --camera {self.name}` or set "
                          "calibration.auto: true")
+
+    def _new_collection(self) -> Collection:
+        # Drops are counted from here, so the file records those of its own window.
+        return Collection(self.source.stats()["dropped"])
 
     def _refuse(self, reason: str) -> None:
         self.lifecycle, self.refused, self.calibration = Lifecycle.REFUSED, reason, None
@@ -282,8 +286,7 @@ class Camera:
         if state == "online" and self.calibrating:
             # Frames flow, but no alert can come before the calibration is done: say so.
             state, detail = "calibrating", f"{detail}; collecting {self.plan.describe()}"
-        log.info("camera %s: %s%s", name, state, f" ({detail})" if detail else "")
-        self.on_status(name, state, detail)
+        self._announce(state, detail)
 
     def _fit_grid(self, frame: Frame) -> bool:
         """The tile grid for this frame's size; a calibration waiting for it (or one made for
@@ -292,7 +295,7 @@ class Camera:
         if self.grid is not None and (self.grid.frame_w, self.grid.frame_h) == (w, h):
             return True
         if self.collecting and self.grid is not None:
-            self._collection = Collection(self.source.stats()["dropped"])  # sizes do not mix
+            self._collection = self._new_collection()  # frames of two sizes do not mix
         c = self.cfg
         self.grid = TileGrid(w, h, self.bundle.image_size[0], c.tiles[0], c.tiles[1],
                              tuple(c.roi), [tuple(r) for r in c.ignore], c.exposure)
