@@ -52,7 +52,7 @@ from .calibration import MIN_CALIBRATION_FRAMES, Calibration, CalibrationError, 
 from .clock import RateMeter
 from .config import CameraConfig, Config
 from .publisher import encode_jpeg, encode_png
-from .sources import CameraSource, Frame
+from .sources import CameraSource, Frame, parse_source
 from .tiles import TileGrid, heatmap_image
 
 log = logging.getLogger("pathwatch")
@@ -167,13 +167,18 @@ class Camera:
                  on_status: StatusCallback):
         self.cfg, self.config, self.bundle, self.plan = cfg, config, bundle, plan
         self.on_status = on_status
+        # `pathwatch calibrate` plays a recording once, in scene time: every frame at the fps
+        # cap, however slow the CPU, and never the same stretch twice.
+        spec = parse_source(cfg.source)
+        recording = plan.collect_always and spec.kind in ("file", "folder")
         self.source = CameraSource(
-            cfg.name, cfg.source, fps=cfg.fps, queue_size=config.capture.queue_size,
+            cfg.name, spec, fps=cfg.fps, queue_size=config.capture.queue_size,
             open_timeout_s=config.capture.open_timeout_s,
             read_timeout_s=config.capture.read_timeout_s,
             reconnect_after_s=config.capture.reconnect_after_s,
-            backoff_max_s=config.capture.backoff_max_s, on_end=cfg.on_end,
-            realtime=cfg.realtime, on_status=self._source_status)
+            backoff_max_s=config.capture.backoff_max_s,
+            on_end="stop" if recording else cfg.on_end,
+            realtime=cfg.realtime and not recording, on_status=self._source_status)
         self.tracker = AlertTracker(cfg.name, config.alerts)  # the config section is the policy
         self.lifecycle = Lifecycle.REFUSED
         self.refused: str | None = None
@@ -317,9 +322,14 @@ class Camera:
         alert that a calibration no longer fitting the frame's size has closed."""
         if self.lifecycle is Lifecycle.REFUSED:
             return None, None
-        frame = self.source.latest(timeout=0)
+        if self.source.lossless:
+            if self.lifecycle is Lifecycle.FITTING:
+                return None, None  # a recording waits for the fit: none of its scene is lost
+            frame = self.source.get(timeout=0)
+        else:
+            frame = self.source.latest(timeout=0)
         if frame is None or self.lifecycle is Lifecycle.FITTING:
-            return None, None  # while fitting, frames are taken (and counted), not scored
+            return None, None  # while fitting, a live camera's frames are taken and counted
         was_scoring = self.lifecycle is Lifecycle.SCORING
         usable = self._fit_grid(frame)
         ended = None
@@ -421,7 +431,7 @@ class Camera:
         score, tile = self.calibration.frame_score(tile_scores)
         score = min(score, SCORE_CEILING)
         self._last_score = score
-        latency_ms = (time.time() - frame.time) * 1000.0
+        latency_ms = (time.monotonic() - frame.monotonic) * 1000.0  # frame.time may be scene time
         self._latency_ms = (self._latency_ms + [latency_ms])[-LATENCY_SAMPLES:]
         col, row = self.grid.position(tile)
         events = self.tracker.update(frame.time, score, self.threshold, [col, row], frame.index)

@@ -52,7 +52,7 @@ class SourceError(ValueError):
 class Frame:
     camera: str
     index: int  # n-th frame read from the camera by this source (gaps: skipped by the fps cap)
-    time: float  # wall clock (epoch seconds) when captured
+    time: float  # wall clock (epoch seconds) when captured; in scene time: start + position
     monotonic: float
     image: np.ndarray  # BGR uint8 (H, W, 3)
     labels: tuple[str, ...] = ()  # ground truth, demo source only
@@ -194,8 +194,25 @@ class FolderCapture:
                   cv2.CAP_PROP_FRAME_HEIGHT: self.size[1]}
         return float(values.get(prop, 0.0))
 
+    def grab(self) -> bool:
+        """Step over the next image without decoding it (what an fps cap skips)."""
+        if self.index >= len(self.files):
+            return False
+        self.index += 1
+        return True
+
     def release(self) -> None:
         self.files = []
+
+
+def _clip_fps(fps: float) -> float:
+    return fps if math.isfinite(fps) and 0 < fps <= 1000 else FILE_FPS_FALLBACK
+
+
+def _grab(cap) -> bool:
+    """Advance past one frame, without decoding it where the capture can."""
+    grab = getattr(cap, "grab", None)
+    return bool(grab()) if grab is not None else cap.read()[0]
 
 
 class PacedCapture:
@@ -204,7 +221,7 @@ class PacedCapture:
 
     def __init__(self, cap, fps: float, interrupt: threading.Event | None = None):
         self.cap, self.interrupt = cap, interrupt
-        self.fps = fps if math.isfinite(fps) and 0 < fps <= 1000 else FILE_FPS_FALLBACK
+        self.fps = _clip_fps(fps)
         self.start, self.index = time.monotonic(), 0
 
     def isOpened(self) -> bool:  # noqa: N802
@@ -266,7 +283,13 @@ def open_capture(spec: SourceSpec, *, open_timeout_s: float = 10.0, read_timeout
 
 # ---------------------------------------------------------------------- the capture thread
 class CameraSource:
-    """Runs one camera in a thread; the frame loop takes frames with `latest()` or `get()`."""
+    """Runs one camera in a thread; the frame loop takes frames with `latest()` or `get()`.
+
+    A recording (file or folder) with realtime=False plays in scene time: every frame the fps
+    cap lets through, timed by its position in the recording, as fast as the reader takes
+    them (the thread waits for room in the queue instead of dropping); the frames the cap
+    skips are grabbed, not decoded. `lossless` says so, and the reader then uses `get()`.
+    """
 
     def __init__(self, name: str, spec: str | int | SourceSpec, *, fps: float | None = None,
                  queue_size: int = 2, open_timeout_s: float = 10.0, read_timeout_s: float = 5.0,
@@ -300,11 +323,17 @@ class CameraSource:
         self._was_online = False
         self._next_due = 0.0  # monotonic time the fps cap lets the next frame through
         self._read_index = 0
+        self._scene_origin: float | None = None  # wall time of scene second 0 (lossless)
 
     # ------------------------------------------------------------------ public
     @property
     def state(self) -> str:
         return self._state
+
+    @property
+    def lossless(self) -> bool:
+        """A recording played in scene time: no frame is dropped, so read with `get()`."""
+        return not self.realtime and self.spec.kind in ("file", "folder")
 
     def start(self) -> None:
         """Start the capture thread (a no-op while it runs)."""
@@ -337,7 +366,10 @@ class CameraSource:
         the source stops); None if there is none."""
         with self._lock:
             self._wait_for_frame(timeout)
-            return self._queue.popleft() if self._queue else None
+            if not self._queue:
+                return None
+            self._lock.notify_all()  # a lossless capture waits for room in the queue
+            return self._queue.popleft()
 
     def exhausted(self) -> bool:
         """The capture thread has ended on its own (a file or folder with on_end: stop ran
@@ -355,6 +387,7 @@ class CameraSource:
             self._counts["dropped"] += len(self._queue) - 1
             frame = self._queue.pop()
             self._queue.clear()
+            self._lock.notify_all()
             return frame
 
     def stats(self) -> dict:
@@ -422,7 +455,7 @@ class CameraSource:
 
     def _read_all(self, cap) -> tuple[str, bool]:
         try:
-            return self._read_loop(cap)
+            return self._play_scene(cap) if self.lossless else self._read_loop(cap)
         finally:
             _release(cap)
 
@@ -468,6 +501,66 @@ class CameraSource:
             self._stop.wait(0.05)
         return "stopped", frames > 0
 
+    def _play_scene(self, cap) -> tuple[str, bool]:
+        """One pass over a recording in scene time (see the class docstring): "stopped",
+        "ended", or "failed" for a recording that yields nothing; and whether a frame came."""
+        fps = _clip_fps(cap.get(cv2.CAP_PROP_FPS))
+        period = 1.0 / self.fps_cap if self.fps_cap else 0.0
+        if self._scene_origin is None:
+            self._scene_origin = time.time()
+        position, due, frames = 0, 0.0, 0
+        while not self._stop.is_set():
+            scene_t = position / fps
+            if scene_t < due - 1e-9:  # the cap skips it: step over without decoding
+                if not _grab(cap):
+                    break
+                position += 1
+                self._count_skipped()
+                continue
+            ok, image = cap.read()
+            if not ok or image is None or not image.size:
+                break
+            position, frames = position + 1, frames + 1
+            due = max(due + period, scene_t + 0.5 * period)
+            self._set_state("online", self.spec.describe())
+            self._queue_waiting(cap, image, self._scene_origin + scene_t)
+        if self._stop.is_set():
+            return "stopped", frames > 0
+        self._scene_origin += position / fps  # a loop goes on in scene time
+        if frames:
+            return "ended", True
+        self._error(f"no frame could be read from {self.spec.describe()}")
+        return "failed", False
+
+    def _count_skipped(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._read_index += 1
+            self._counts["read"] += 1
+            self._counts["skipped"] += 1
+            self._read_rate.tick(now)
+
+    def _queue_waiting(self, cap, image: np.ndarray, scene_time: float) -> None:
+        """Queue a frame of a recording, waiting for room rather than dropping one."""
+        frame = self._frame(cap, image, self._read_index, scene_time, time.monotonic())
+        with self._lock:
+            self._read_index += 1
+            self._counts["read"] += 1
+            self._read_rate.tick(frame.monotonic)
+            self._last_frame = frame.monotonic
+            self._lock.wait_for(lambda: len(self._queue) < self.queue_size or self._stop.is_set())
+            if self._stop.is_set():
+                return
+            self._queue.append(frame)
+            self._counts["frames"] += 1
+            self._delivered_rate.tick(time.monotonic())
+            self._lock.notify_all()
+
+    def _frame(self, cap, image: np.ndarray, index: int, when: float, now: float) -> Frame:
+        if image.ndim == 2:
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        return Frame(self.name, index, when, now, image, tuple(getattr(cap, "labels", ()) or ()))
+
     def _take(self, cap, image: np.ndarray, now: float) -> None:
         """Count a read frame, and queue it unless the fps cap says skip."""
         index = self._read_index
@@ -478,12 +571,7 @@ class CameraSource:
             # more than half a period of credit after a gap.
             period = 1.0 / self.fps_cap
             self._next_due = max(self._next_due + period, now + 0.5 * period)
-        frame = None
-        if deliver:
-            if image.ndim == 2:
-                image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-            labels = tuple(getattr(cap, "labels", ()) or ())
-            frame = Frame(self.name, index, time.time(), now, image, labels)
+        frame = self._frame(cap, image, index, time.time(), now) if deliver else None
         with self._lock:
             self._counts["read"] += 1
             self._read_rate.tick(now)

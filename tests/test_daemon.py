@@ -195,6 +195,24 @@ def test_calibrate_command_writes_a_calibration(tmp_path, tiny_bundle, scene_vid
     assert again.returncode == 0 and "replaced a calibration of 25 frames" in again.stdout
 
 
+def test_calibrate_plays_a_recording_once_in_scene_time(tmp_path, tiny_bundle, scene_video):
+    # The config plays the clip in real time, in a loop, at 5 fps; calibrating from it takes
+    # every 2nd frame of the 10 fps clip, once, however slow the CPU, and drops none.
+    video, _ = scene_video
+    config = daemon_config(tmp_path, tiny_bundle, str(video), fps=5.0, realtime=True,
+                           on_end="loop")
+    res = subprocess.run([sys.executable, "-m", "pathwatch.cli", "calibrate", "--camera", "cam",
+                          "--config", str(config), "--seconds", "3600"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    frames = json.loads((tmp_path / "state" / "calibration" / "cam.json").read_text())["frames"]
+    total = CALIB + NORMAL + ANOMALY + TAIL
+    assert frames["dropped"] == 0
+    assert frames["total"] == total // 2
+    assert frames["seconds"] == pytest.approx((total - 2) / FPS, abs=0.01)
+    assert "the source ended" in res.stderr
+
+
 def test_calibrate_says_so_when_it_cannot_calibrate(tmp_path, tiny_bundle, scene_video):
     video, _ = scene_video
     old = tmp_path / "state" / "calibration" / "cam.json"
@@ -212,7 +230,7 @@ def test_calibrate_says_so_when_it_cannot_calibrate(tmp_path, tiny_bundle, scene
     # waited on for ever, and an older calibration file does not pass for success.
     old.parent.mkdir(parents=True)
     old.write_text("{}")
-    short = calibrate("--frames", "400", on_end="stop", realtime=False)
+    short = calibrate("--frames", "400", fps=0.5)  # 25 s of clip at 0.5 fps: 13 frames
     assert short.returncode == 2, short.stderr
     assert "calibration of cam failed: the source ended after" in short.stderr
     assert old.read_text() == "{}"

@@ -148,6 +148,42 @@ def test_video_file_loops(tmp_path):
     assert src.stats()["reconnects"] == 0 and status.states == ["connecting", "online", "offline"]
 
 
+def test_a_recording_in_scene_time_keeps_every_capped_frame_and_drops_none(tmp_path):
+    video = write_video(tmp_path / "v.avi", frames=40, fps=20.0)
+    src = CameraSource("v", str(video), on_end="loop", realtime=False, fps=5.0, queue_size=2)
+    assert src.lossless
+    src.start()
+    time.sleep(0.5)  # nobody reads: a live camera would drop frames, a recording waits
+    frames = drain(src, 16)  # the clip and then part of its next pass
+    src.stop()
+    s = src.stats()
+    assert s["dropped"] == 0
+    # Every 4th frame of 20 fps at a cap of 5 fps, by position in the clip, across the loop.
+    assert [f.index for f in frames] == list(range(0, 64, 4))
+    times = [f.time - frames[0].time for f in frames]
+    assert times == pytest.approx([0.2 * i for i in range(16)], abs=1e-6)
+    assert s["skipped"] >= 3 * s["frames"] - 3  # the frames between were grabbed, not queued
+
+
+def test_a_folder_in_scene_time_never_decodes_what_the_cap_skips(tmp_path, caplog):
+    for i in range(8):  # every odd image is damaged: decoding one would log a warning
+        path = tmp_path / f"{i:03d}.png"
+        if i % 2:
+            path.write_bytes(b"not an image")
+        else:
+            cv2.imwrite(str(path), np.full((30, 40, 3), i * 20, np.uint8))
+    src = CameraSource("f", f"{tmp_path}?fps=10", on_end="stop", realtime=False, fps=5.0,
+                       queue_size=1)
+    with caplog.at_level("WARNING", logger="pathwatch.sources"):
+        src.start()
+        frames = drain(src, 4)
+        assert wait_for(lambda: src.state == "offline")
+    src.stop()
+    assert [int(f.image[0, 0, 0]) for f in frames] == [0, 40, 80, 120]
+    assert "not a readable image" not in caplog.text
+    assert src.stats()["dropped"] == 0
+
+
 def test_image_folder_in_name_order_skipping_unreadable_files(tmp_path):
     for i in (3, 0, 2, 1):
         cv2.imwrite(str(tmp_path / f"{i:03d}.png"), np.full((30, 40, 3), i * 50, np.uint8))
