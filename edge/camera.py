@@ -53,7 +53,7 @@ from .clock import RateMeter
 from .config import CameraConfig, Config
 from .publisher import encode_jpeg, encode_png
 from .sources import CameraSource, Frame, parse_source
-from .tiles import TileGrid, heatmap_image
+from .tiles import TileGrid, heatmap_image, overlay_image
 
 log = logging.getLogger("pathwatch")
 LATENCY_SAMPLES = 256  # the recent frames whose capture-to-score latency the stats report
@@ -455,6 +455,9 @@ class Camera:
         if self.config.alerts.heatmap:
             out["heatmap.png"] = encode_png(heatmap_image(self.grid, tile_scores, maps,
                                                           self.threshold))
+        if self.config.alerts.overlay:
+            out["overlay.jpg"] = encode_jpeg(overlay_image(self.grid, frame.image, tile_scores,
+                                                           maps, self.threshold))
         return out
 
     def _score_payload(self, frame: Frame, score: float, tile: list, tile_scores: np.ndarray,

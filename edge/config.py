@@ -64,6 +64,8 @@ class AlertsSection(AlertPolicy):
     snapshot: bool = Field(True, description="attach a JPEG of the frame to start/update events")
     heatmap: bool = Field(True, description="attach a PNG heatmap of the tiles to start/update "
                           "events")
+    overlay: bool = Field(True, description="attach a JPEG of the frame with the heatmap over "
+                          "it and the worst tile outlined to start/update events")
 
 
 class PublisherSection(Strict):

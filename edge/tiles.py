@@ -98,18 +98,65 @@ def normalize_exposure(bgr: np.ndarray) -> np.ndarray:
     return cv2.convertScaleAbs(bgr, alpha=gain)
 
 
-def heatmap_image(grid: TileGrid, tile_scores: np.ndarray, maps: np.ndarray,
-                  threshold: float) -> np.ndarray:
-    """A colour PNG-ready heatmap over the ROI: each tile's error map, scaled by how far its
-    standardised score is over (bright) or under (dark) the threshold."""
+def tile_weights(tile_scores: np.ndarray, threshold: float) -> np.ndarray:
+    """0..1 per tile for drawing. Scores run from below 0 to 10^5 against thresholds near 10,
+    so over the threshold the weight is log(score / threshold) relative to the frame's worst
+    tile (which is 1): the worst tiles stand out however high they score. Under the threshold
+    a tile gets at most 0.2, its share of the threshold."""
+    thr = max(float(threshold), 1e-6)
+    s = np.nan_to_num(np.asarray(tile_scores, np.float64), nan=0.0, posinf=1e300, neginf=0.0)
+    excess = np.log(np.maximum(s, thr) / thr)
+    top = float(excess.max())
+    over = excess / top if top > 0 else np.zeros_like(excess)
+    return 0.2 * np.clip(s / thr, 0.0, 1.0) + 0.8 * over
+
+
+def _heat(grid: TileGrid, tile_scores: np.ndarray, maps: np.ndarray,
+          threshold: float) -> np.ndarray:
+    """(rows*t, cols*t) in 0..1: each tile's error map stretched to its own range, times
+    the tile's weight."""
     per_pixel = grid.assemble(maps.astype(np.float32))
+    weights = tile_weights(tile_scores, threshold)
     t = grid.tile
     norm = np.empty_like(per_pixel)
     for i in range(grid.count):
         c, r = grid.position(i)
         block = per_pixel[r * t:(r + 1) * t, c * t:(c + 1) * t]
-        span = float(block.max() - block.min()) or 1.0
-        weight = np.clip(tile_scores[i] / max(threshold, 1e-6), 0.0, 2.0) / 2.0
-        norm[r * t:(r + 1) * t, c * t:(c + 1) * t] = (block - block.min()) / span * weight
+        span = float(block.max() - block.min())
+        stretched = (block - block.min()) / span if span > 0 else np.ones_like(block)
+        # Half of the brightness is the tile's weight alone, so a hot tile reads as one even
+        # where its error map is nearly flat.
+        norm[r * t:(r + 1) * t, c * t:(c + 1) * t] = weights[i] * (0.5 + 0.5 * stretched)
+    return norm
+
+
+def heatmap_image(grid: TileGrid, tile_scores: np.ndarray, maps: np.ndarray,
+                  threshold: float) -> np.ndarray:
+    """A colour heatmap over the ROI (see `tile_weights` for the scale), 4x the model size."""
+    norm = _heat(grid, tile_scores, maps, threshold)
     colour = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
+    t = grid.tile
     return cv2.resize(colour, (grid.cols * t * 4, grid.rows * t * 4), interpolation=cv2.INTER_NEAREST)
+
+
+def overlay_image(grid: TileGrid, frame_bgr: np.ndarray, tile_scores: np.ndarray,
+                  maps: np.ndarray, threshold: float) -> np.ndarray:
+    """The frame with the heatmap blended over its ROI (opaque where hot, clear where
+    cold) and the worst tile outlined: where to look, at the frame's own size."""
+    norm = _heat(grid, tile_scores, maps, threshold)
+    x0, y0, x1, y1 = grid.px
+    size = (x1 - x0, y1 - y0)
+    norm = cv2.resize(norm, size, interpolation=cv2.INTER_LINEAR)
+    colour = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
+    out = frame_bgr.copy()
+    if out.ndim == 2:
+        out = cv2.cvtColor(out, cv2.COLOR_GRAY2BGR)
+    alpha = (0.7 * norm)[..., None]
+    roi = out[y0:y1, x0:x1].astype(np.float32)
+    out[y0:y1, x0:x1] = (roi * (1 - alpha) + colour.astype(np.float32) * alpha).astype(np.uint8)
+    worst = int(np.argmax(np.nan_to_num(np.asarray(tile_scores, np.float64), nan=-np.inf)))
+    c, r = grid.position(worst)
+    tw, th = size[0] / grid.cols, size[1] / grid.rows
+    cv2.rectangle(out, (int(x0 + c * tw), int(y0 + r * th)),
+                  (int(x0 + (c + 1) * tw) - 1, int(y0 + (r + 1) * th) - 1), (0, 255, 255), 2)
+    return out

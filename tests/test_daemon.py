@@ -85,7 +85,7 @@ def test_object_entering_a_video_raises_one_alert_with_consecutive_seq(tmp_path,
         # Raised by the object, not before; on a loaded machine calibration may outlast the
         # first pass of the (looping) video, so the object's next pass counts too.
         assert a0 <= start["frame_index"] % (CALIB + NORMAL + ANOMALY + TAIL) <= a1 + 5, start
-        assert start["attachments"] == ["snapshot.jpg", "heatmap.png"]
+        assert start["attachments"] == ["snapshot.jpg", "heatmap.png", "overlay.jpg"]
         assert events[0].attachments[0][:2] == b"\xff\xd8" and events[0].attachments[1][:4] == b"\x89PNG"
         assert start["score"] > start["threshold"] and start["latency_ms"] >= 0
 

@@ -7,7 +7,7 @@ import pytest
 from skimage import data
 
 from pathwatch.edge.calibration import Calibration, CalibrationError, fit_calibration
-from pathwatch.edge.tiles import TileGrid, heatmap_image
+from pathwatch.edge.tiles import TileGrid, heatmap_image, overlay_image, tile_weights
 
 
 def frame() -> np.ndarray:
@@ -53,6 +53,32 @@ def test_heatmap_is_an_image_of_the_grid():
     maps = np.random.default_rng(0).random((12, 16, 16)).astype(np.float32)
     img = heatmap_image(grid, np.linspace(-1, 5, 12), maps, threshold=3.0)
     assert img.shape == (3 * 16 * 4, 4 * 16 * 4, 3) and img.dtype == np.uint8
+
+
+def test_heat_is_on_a_log_scale_so_the_worst_tile_stands_out():
+    # A strong anomaly (10^5 against a threshold of 10) must not light every tile over it.
+    scores = np.array([0.5, 5.0, 12.0, 100.0, 1e5, -np.inf, 3.0])
+    w = tile_weights(scores, 10.0)
+    assert w[4] == 1.0 and np.all(np.diff(w[[0, 1, 2, 3, 4]]) > 0)
+    assert w[0] < w[1] <= 0.2 and 0.2 < w[2] < 0.25 and w[3] < 0.45  # 10x is far from 10^4x
+    assert w[5] == 0.0 and np.all((w >= 0) & (w <= 1))
+    quiet = tile_weights(np.array([1.0, 2.0, 3.0]), 10.0)
+    assert np.all(quiet <= 0.2)  # nothing over the threshold: nothing hot
+
+
+def test_overlay_blends_the_heat_into_the_roi_and_outlines_the_worst_tile():
+    grid = TileGrid(320, 240, 16, cols=4, rows=3, roi=(0.25, 0.0, 1.0, 1.0))
+    frame = np.full((240, 320, 3), 128, np.uint8)
+    maps = np.ones((12, 16, 16), np.float32)
+    scores = np.full(12, 1.0)
+    scores[5] = 1e4  # column 1, row 1
+    out = overlay_image(grid, frame, scores, maps, threshold=10.0)
+    assert out.shape == frame.shape and out.dtype == np.uint8
+    assert np.array_equal(out[:, :80], frame[:, :80])  # outside the roi: untouched
+    x0, y0 = 80 + 60, 80  # the worst tile spans x 140-200, y 80-160
+    assert np.abs(out[y0 + 40, x0 + 30].astype(int) - 128).sum() > 100  # hot: coloured
+    assert np.abs(out[20, 100].astype(int) - 128).sum() < 30  # a quiet tile: the frame shows
+    assert tuple(out[y0 + 40, x0]) == (0, 255, 255)  # the outline
 
 
 def _features(rng, frames, tiles, shift=0.0):
