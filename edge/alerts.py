@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 
 from pydantic import ConfigDict, Field, model_validator
 
-from .clock import iso_time
+from .clock import iso_time, parse_iso
 from .strict import Strict
 
 STATES = ("start", "update", "end")
@@ -90,6 +90,19 @@ class AlertEvent:
         d["tile"] = list(self.tile) if self.tile is not None else None
         d["peak_tile"] = list(self.peak_tile) if self.peak_tile is not None else None
         return d
+
+
+def left_open(header: dict, now: float) -> AlertEvent:
+    """The `end` of an alert the journal shows open at start-up: the daemon was killed or
+    crashed while it was open. Its duration runs to the last event journaled for it."""
+    started = parse_iso(header["started_at"])
+    last = parse_iso(header["time"])
+    return AlertEvent("end", header["alert_id"], header["camera"], now, math.nan,
+                      header.get("threshold") or math.nan, header.get("peak_score") or math.nan,
+                      header.get("peak_tile"), header.get("tile"), started,
+                      max(0.0, last - started), int(header.get("frames_over") or 0), None,
+                      "the daemon stopped while the alert was open (killed or crashed); "
+                      "closed at the next start")
 
 
 @dataclass

@@ -322,6 +322,9 @@ class Camera:
         alert that a calibration no longer fitting the frame's size has closed."""
         if self.lifecycle is Lifecycle.REFUSED:
             return None, None
+        if self.tracker.active and self.source.state in ("reconnecting", "offline"):
+            # No frame can end the alert while the camera is gone: it ends with that reason.
+            return None, self.close_alert(f"the camera went {self.source.state}")
         if self.source.lossless:
             if self.lifecycle is Lifecycle.FITTING:
                 return None, None  # a recording waits for the fit: none of its scene is lost

@@ -12,6 +12,11 @@ def iso_time(t: float, timespec: str = "milliseconds") -> str:
         "+00:00", "Z")
 
 
+def parse_iso(text: str) -> float:
+    """An ISO-8601 stamp as written by iso_time -> epoch seconds."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
 def iso_now(timespec: str = "milliseconds") -> str:
     return iso_time(time.time(), timespec)
 

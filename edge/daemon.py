@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from .alerts import AlertEvent
+from .alerts import AlertEvent, left_open
 from .backends import load_backend
 from .camera import AlertMessage, CalibrationPlan, Camera, CameraStats, FrameResult
 from .config import Config, load_config
@@ -77,6 +77,7 @@ class Daemon:
         self._parts.callback(self.backend.close)
         if not self.calibrate_only:
             self.bus = self._open_bus()
+            self._close_left_open()
             self._prune_journal()
             self.metrics = self._open_metrics()
         self._start_cameras(self._build_cameras(cfg))
@@ -97,6 +98,18 @@ class Daemon:
         log.info("publishing on %s, replay on %s, journal %s", publisher.endpoint,
                  replay.endpoint, cfg.journal_path())
         return AlertBus(journal, publisher)
+
+    def _close_left_open(self) -> None:
+        """Alerts a killed or crashed run left open get their `end` now, with that reason,
+        so no subscriber waits for ever on an alert no one will close."""
+        for header in self.bus.journal.open_alerts():
+            try:
+                event = left_open(header, time.time())
+            except (KeyError, TypeError, ValueError) as e:
+                log.warning("journal: alert %s left open, but its header cannot be read (%s)",
+                            header.get("alert_id"), e)
+                continue
+            self._publish_end(event)
 
     def _curve_server(self):
         sec = self.config.security

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -70,6 +71,17 @@ def check_since(since) -> int | dict[str, int]:
     raise ValueError(f"'since' must be a seq number or {{camera: seq}}, not {since!r}")
 
 
+def _private(path: Path) -> None:
+    """The journal holds camera snapshots: owner only (SQLite gives its -wal and -shm files
+    the database file's mode). An existing file we own is tightened too."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_uid == os.getuid():
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 class Journal:
     def __init__(self, path: str | Path, reader: bool = False):
         """Open (creating it and its directory if needed) the journal at `path`.
@@ -82,6 +94,7 @@ class Journal:
         try:
             if not reader:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+                _private(self.path)
             elif not self.path.is_file():
                 raise JournalError(f"journal {self.path} does not exist; start the daemon (which "
                                    "creates it) or point the replay server at the right file")
@@ -221,6 +234,15 @@ class Journal:
         finally:
             self.db.execute("COMMIT")
         return out
+
+    def open_alerts(self) -> list[dict]:
+        """The last header of every alert whose `end` was never journaled (the daemon was
+        killed or crashed while it was open), oldest first."""
+        rows = self.db.execute(
+            "SELECT header FROM events WHERE id IN (SELECT MAX(id) FROM events "
+            "WHERE topic LIKE 'alert.%' GROUP BY camera, json_extract(header, '$.alert_id')) "
+            "AND json_extract(header, '$.state') != 'end' ORDER BY id").fetchall()
+        return [json.loads(r[0]) for r in rows]
 
     def last_seqs(self) -> dict[str, int]:
         """{camera: last seq assigned}, including cameras whose events were all pruned."""
