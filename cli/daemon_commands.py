@@ -1,4 +1,5 @@
-"""The daemon's subcommands: run, calibrate, tail, view, keys, config. No torch is imported here."""
+"""The daemon's subcommands: run, calibrate, feedback, tail, view, keys, config.
+No torch is imported here."""
 from __future__ import annotations
 
 import json
@@ -292,6 +293,28 @@ def cmd_view(a) -> int:
     return run_view(pub, replay, secure=secure)
 
 
+# ------------------------------------------------------------------------------- feedback
+def add_feedback(sub) -> None:
+    p = sub.add_parser("feedback", help="mark an alert as normal: its frames join the camera's "
+                       "normal set and the calibration is refitted",
+                       description="Add an ended alert's frames to its camera's calibration "
+                       "window as normal, refit the tile densities and the threshold (the "
+                       "network is not retrained) and save the calibration; a running daemon "
+                       "switches to it within seconds.")
+    p.add_argument("alert_id", help="as `pathwatch tail` prints it")
+    p.add_argument("verdict", choices=["normal"], help="what the alert was")
+    p.add_argument("--config")
+    p.set_defaults(func=cmd_feedback)
+
+
+def cmd_feedback(a) -> int:
+    from pathwatch.edge.feedback import mark_normal
+
+    config, _ = find_config(a.config)
+    out.print(escape(mark_normal(config, a.alert_id)), highlight=False)
+    return 0
+
+
 # ----------------------------------------------------------------------------------- keys
 def add_keys(sub) -> None:
     p = sub.add_parser("keys", help="CURVE key pairs for the publisher and its clients")
@@ -362,5 +385,5 @@ def cmd_config_schema(a) -> int:
 
 
 def register(sub) -> None:
-    for add in (add_run, add_calibrate, add_tail, add_view, add_keys, add_config):
+    for add in (add_run, add_calibrate, add_feedback, add_tail, add_view, add_keys, add_config):
         add(sub)

@@ -23,8 +23,10 @@ a changed false-alarm target or trigger rule re-thresholds without refitting.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +35,7 @@ import numpy as np
 from .bundle import JSON_KINDS
 from .clock import iso_now
 from .density import Density, fit_gmm, fit_kde, load_density
-from .files import write_json_atomic
+from .files import write_atomic, write_json_atomic
 from .threshold import TailFit, Threshold, choose_threshold, exceedance_clusters
 from .tiles import TileGrid
 
@@ -266,6 +268,52 @@ class Calibration:
                                    f"{grid.count} (or other active tiles); recalibrate this camera")
 
 
+@dataclass
+class CalibrationWindow:
+    """The frames a calibration was fitted on, kept beside its file (`frames_path`) so it can
+    be refitted with more normal frames (`pathwatch feedback`) without the camera. Numbers
+    only: a .npz read with allow_pickle=False."""
+    features: np.ndarray  # (frames, tiles, D) float32, capture order
+    times: np.ndarray  # scene seconds from the window's start
+    declared: np.ndarray  # bool: frames a user declared normal
+
+    @staticmethod
+    def path_for(calibration_path: str | Path) -> Path:
+        p = Path(calibration_path)
+        return p.with_name(p.stem + ".frames.npz")
+
+    def save(self, calibration_path: str | Path) -> None:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, features=self.features.astype(np.float32),
+                            times=np.asarray(self.times, np.float64),
+                            declared=np.asarray(self.declared, bool))
+        path = self.path_for(calibration_path)
+        try:
+            write_atomic(path, buffer.getvalue())
+        except OSError as e:
+            raise CalibrationError(f"cannot write {path} ({e.strerror or e}); set "
+                                   "cameras[].calibration or state_dir to a writable path") from None
+
+    @classmethod
+    def load(cls, calibration_path: str | Path) -> "CalibrationWindow":
+        path = cls.path_for(calibration_path)
+        if not path.is_file():
+            raise CalibrationError(f"{path} does not exist: the calibration {calibration_path} "
+                                   "kept no frames (it predates feedback, or was copied without "
+                                   "them); recalibrate the camera, then mark alerts again")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                window = cls(z["features"], z["times"], z["declared"].astype(bool))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
+            raise CalibrationError(f"{path} is damaged ({e}); recalibrate the camera") from None
+        n = len(window.features)
+        if window.features.ndim != 3 or window.times.shape != (n,) or \
+                window.declared.shape != (n,):
+            raise CalibrationError(f"{path} does not hold (frames, tiles, features) with a time "
+                                   "and a flag per frame; recalibrate the camera")
+        return window
+
+
 def refit_like(d: Density, x: np.ndarray, seed: int = 0) -> Density:
     """The same kind and form as `d` (components, covariance), fitted on other frames: the
     out-of-fold models skip the full model selection, which is the slow part."""
@@ -322,11 +370,15 @@ def feature_distance(features: np.ndarray, active) -> np.ndarray:
     return np.sqrt(np.mean(z ** 2, axis=2)).max(axis=1)
 
 
-def unusual_frames(distance: np.ndarray, pad: int) -> np.ndarray:
+def unusual_frames(distance: np.ndarray, pad: int, exempt: np.ndarray | None = None) -> np.ndarray:
     """Frames far out against the rest (beyond the upper quartile plus TRIM_IQR
-    interquartile ranges), and `pad` frames either side of each."""
+    interquartile ranges), and `pad` frames either side of each; `exempt` frames (declared
+    normal) are neither."""
     q1, q3 = np.percentile(distance, [25, 75])
-    far = np.flatnonzero(distance > q3 + TRIM_IQR * max(q3 - q1, 1e-9))
+    far_out = distance > q3 + TRIM_IQR * max(q3 - q1, 1e-9)
+    if exempt is not None:
+        far_out &= ~exempt
+    far = np.flatnonzero(far_out)
     out = np.zeros(len(distance), bool)
     for i in far:
         out[max(0, i - pad):i + pad + 1] = True
@@ -341,15 +393,28 @@ def _stretches(times: np.ndarray, trimmed: np.ndarray, distance: np.ndarray) -> 
             for run in exceedance_clusters(trimmed, gap=1)]  # runs of consecutive frames
 
 
+def _spread(kept: np.ndarray, declared: np.ndarray) -> np.ndarray:
+    """The kept frames' order for fitting, with the frames a user declared normal spread
+    evenly through it: every out-of-fold block then trains on some of them. Left together in
+    one block, they would be scored by densities that never saw their kind and lift the
+    threshold to their level, which is the alert the user just called normal."""
+    ordinary, marked = kept[~declared[kept]], kept[declared[kept]]
+    if not len(marked):
+        return kept
+    at = np.linspace(0, len(ordinary), len(marked), endpoint=False).round().astype(int)
+    return np.insert(ordinary, at, marked)
+
+
 def fit_calibration(camera: str, features: np.ndarray, grid: TileGrid, bundle_identity: dict,
                     bundle_label: str, *, density: str = "gmm-bic", holdout: float = 0.3,
                     false_alarms_per_hour: float = 0.5, fps: float = 5.0, trigger: int = 3,
                     window: int = 5, source: str = "", seconds: float = 0.0,
                     times: np.ndarray | None = None, dropped: int = 0,
-                    seed: int = 0) -> Calibration:
+                    declared_normal: np.ndarray | None = None, seed: int = 0) -> Calibration:
     """features: (frames, tiles, D) from normal frames in capture order; times: their scene
     seconds from the window's start (default: frame / fps). `holdout` is the share of the
-    window each out-of-fold block holds (0.3: three blocks)."""
+    window each out-of-fold block holds (0.3: three blocks). `declared_normal` marks frames a
+    user called normal (`pathwatch feedback`): they are never trimmed."""
     n = len(features)
     if n < MIN_CALIBRATION_FRAMES:
         raise CalibrationError(f"calibration needs at least {MIN_CALIBRATION_FRAMES} normal "
@@ -357,7 +422,8 @@ def fit_calibration(camera: str, features: np.ndarray, grid: TileGrid, bundle_id
     times = np.arange(n) / max(fps, 1e-3) if times is None else np.asarray(times, np.float64)
     folds = max(2, min(10, round(1.0 / holdout)))
     distance = feature_distance(features, grid.active)
-    trimmed = unusual_frames(distance, pad=max(window, int(round(TRIM_PAD_S * fps))))
+    declared = np.zeros(n, bool) if declared_normal is None else np.asarray(declared_normal, bool)
+    trimmed = unusual_frames(distance, max(window, int(round(TRIM_PAD_S * fps))), declared) & ~declared
     kept = n - int(trimmed.sum())
     if trimmed.mean() > MAX_TRIMMED or kept < MIN_CALIBRATION_FRAMES:
         where = ", ".join(f"{t['from_s']:g}-{t['to_s']:g} s" for t in
@@ -366,13 +432,15 @@ def fit_calibration(camera: str, features: np.ndarray, grid: TileGrid, bundle_id
             f"the calibration window is too contaminated: {int(trimmed.sum())} of {n} frames "
             f"score far out against the rest (at {where}); calibrate on a stretch without "
             "unusual events, or a longer one")
-    fit = _fit_tiles(features[~trimmed], grid.active, density, folds, seed)
+    fit = _fit_tiles(features[_spread(np.flatnonzero(~trimmed), declared)], grid.active,
+                     density, folds, seed)
     choice = choose_threshold(fit.frame_scores, false_alarms_per_hour, fps, trigger, window)
     return Calibration(_calibration_data(
         camera, grid, bundle_identity, bundle_label, density, fit, choice,
         frames={"total": n, "fit": kept, "holdout": kept, "folds": folds,
                 "trimmed": _stretches(times, trimmed, distance),
-                "source": source, "seconds": round(seconds, 1), "dropped": int(dropped)},
+                "source": source, "seconds": round(seconds, 1), "dropped": int(dropped),
+                "declared_normal": int(declared.sum())},
         rule={"false_alarms_per_hour": false_alarms_per_hour, "fps": fps,
               "trigger_frames": trigger, "window_frames": window}), fit.densities)
 

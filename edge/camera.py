@@ -48,15 +48,18 @@ import numpy as np
 
 from .alerts import AlertEvent, AlertTracker
 from .bundle import Bundle
-from .calibration import MIN_CALIBRATION_FRAMES, Calibration, CalibrationError, fit_calibration
+from .calibration import (MIN_CALIBRATION_FRAMES, Calibration, CalibrationError,
+                          CalibrationWindow, fit_calibration)
 from .clock import RateMeter
 from .config import CameraConfig, Config
+from .feedback import AlertFrames, alert_frames_dir
 from .publisher import encode_jpeg, encode_png
 from .sources import CameraSource, Frame, parse_source
 from .tiles import TileGrid, heatmap_image, overlay_image
 
 log = logging.getLogger("pathwatch")
 LATENCY_SAMPLES = 256  # the recent frames whose capture-to-score latency the stats report
+CALIBRATION_WATCH_S = 2.0  # how often a scoring camera checks its calibration file
 SCORE_CEILING = 1e6  # keeps messages valid JSON even for a non-finite likelihood
 
 StatusCallback = Callable[[str, str, str], None]  # (camera, state, detail)
@@ -180,6 +183,10 @@ class Camera:
             on_end="stop" if recording else cfg.on_end,
             realtime=cfg.realtime and not recording, on_status=self._source_status)
         self.tracker = AlertTracker(cfg.name, config.alerts)  # the config section is the policy
+        self.alert_frames = AlertFrames(alert_frames_dir(config.state_path(), cfg.name),
+                                        config.alerts.window_frames)
+        self._calibration_mtime: int | None = None  # of the file in use, to notice a new one
+        self._watched = 0.0
         self.lifecycle = Lifecycle.REFUSED
         self.refused: str | None = None
         self.grid: TileGrid | None = None
@@ -231,7 +238,10 @@ class Camera:
 
     def close_alert(self, reason: str) -> AlertEvent | None:
         """End an open alert now (shutdown, reload, a refit); its `end`, or None."""
-        return self.tracker.close(time.time(), reason)
+        event = self.tracker.close(time.time(), reason)
+        if event is not None:
+            self.alert_frames.finish(event.alert_id)
+        return event
 
     # ------------------------------------------------------------------ lifecycle
     def _read_calibration(self) -> None:
@@ -365,6 +375,7 @@ class Camera:
         frames it gave, or refused with the count, rather than waited on."""
         if self.lifecycle is Lifecycle.FITTING and not self._fit_thread.is_alive():
             self._install(self._fit_result)
+        self._watch_calibration()
         if not self.collecting or not self.source.exhausted():
             return
         n = len(self._collection.features)
@@ -377,6 +388,19 @@ class Camera:
                     self.name, n)
         self._finish_calibration()
 
+    def _watch_calibration(self) -> None:
+        """A calibration file replaced under a scoring camera (`pathwatch feedback`, or
+        `pathwatch calibrate` beside the daemon) is read within CALIBRATION_WATCH_S, as on
+        SIGHUP; one that cannot be used leaves the one in use."""
+        now = time.monotonic()
+        if self.lifecycle is not Lifecycle.SCORING or now - self._watched < CALIBRATION_WATCH_S:
+            return
+        self._watched = now
+        seen, self._calibration_mtime = self._calibration_mtime, _mtime(self.calibration_path)
+        if seen is not None and self._calibration_mtime not in (None, seen):
+            log.info("camera %s: %s changed; reading it", self.name, self.calibration_path)
+            self.reload(self.cfg, self.config, self.plan)
+
     def _finish_calibration(self) -> None:
         """Fit and save in a thread of its own (tens of seconds on a small CPU): the frame loop,
         other cameras, heartbeats and the watchdog go on meanwhile."""
@@ -387,6 +411,9 @@ class Camera:
             try:
                 cal = self._fit(collection)
                 cal.save(self.calibration_path)
+                times = np.asarray(collection.times) - collection.times[0]
+                CalibrationWindow(np.stack(collection.features), times,  # for feedback
+                                  np.zeros(len(times), bool)).save(self.calibration_path)
                 self._fit_result = cal
             except CalibrationError as e:
                 self._fit_result = e
@@ -438,6 +465,7 @@ class Camera:
         self._latency_ms = (self._latency_ms + [latency_ms])[-LATENCY_SAMPLES:]
         col, row = self.grid.position(tile)
         events = self.tracker.update(frame.time, score, self.threshold, [col, row], frame.index)
+        self.alert_frames.add(features, events)
         p_normal = self.calibration.p_normal(score)
         self._last_p_normal = p_normal
         extra = {"latency_ms": round(latency_ms, 1), "labels": list(frame.labels),
@@ -515,6 +543,7 @@ class Camera:
                       "the collection under way" if self.collecting else "the calibration in use")
             return
         self.calibration, self._collection = cal, Collection(0)
+        self._calibration_mtime = _mtime(path)
         self._retarget()
         if self.grid is None:
             self.lifecycle = Lifecycle.PENDING
@@ -550,6 +579,13 @@ class Camera:
             latency_p50_ms=round(lat[len(lat) // 2], 1) if lat else None,
             latency_p99_ms=round(lat[int(len(lat) * 0.99)], 1) if lat else None,
             refused=self.refused)
+
+
+def _mtime(path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def _sig(x: float | None) -> float | None:

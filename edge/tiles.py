@@ -38,6 +38,13 @@ class TileGrid:
         if not self.active.any():
             raise ValueError("every tile is inside an ignore mask; nothing would be scored")
 
+    @classmethod
+    def from_description(cls, d: dict) -> "TileGrid":
+        """The grid `describe()` wrote (a calibration file's `grid`)."""
+        (w, h), (cols, rows) = d["frame_size"], d["tiles"]
+        return cls(int(w), int(h), int(d["tile_size"]), int(cols), int(rows),
+                   tuple(d["roi"]), [tuple(r) for r in d["ignore"]], d["exposure"])
+
     @property
     def count(self) -> int:
         return self.cols * self.rows

@@ -1,10 +1,14 @@
-"""Faults a real daemon meets: a SIGKILL while an alert is open, a camera that dies during
-an alert, and the privacy of what it records. Real processes, sockets, files and signals."""
+"""Faults and corrections a real daemon meets: a SIGKILL while an alert is open, a camera that
+dies during an alert, the privacy of what it records, and an alert a person calls normal.
+Real processes, sockets, files and signals."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
+import subprocess
+import sys
 import time
 
 import cv2
@@ -144,3 +148,43 @@ def test_open_alerts_are_those_without_an_end(tmp_path):
     assert [(h["alert_id"], h["state"]) for h in journal.open_alerts()] == \
         [("a2", "start"), ("b1", "update")]
     journal.close()
+
+
+def test_an_alert_marked_normal_is_learned_and_does_not_come_back(tmp_path, tiny_bundle):
+    # A clip whose ending (an object in view) is, for this camera, normal. Its first alert
+    # is marked normal; the daemon picks the refitted calibration up by itself and the same
+    # sight, next time round, raises nothing.
+    video = write_clip_ending_on_an_object(tmp_path / "clip.avi", normal=60, anomaly=40)
+    config = daemon_config(tmp_path, tiny_bundle, str(video), on_end="loop")
+    proc = launch(config)
+    sub = _subscriber(tmp_path)
+    try:
+        got = collect(sub, lambda g: _first(g, "end") is not None, timeout=120)
+        end = _first(got, "end")
+        assert end is not None, f"no alert; daemon log:\n{_log(proc)}"
+        status = AlertSubscriber(f"ipc://{tmp_path}/pub.sock", None, topics=("status.",))
+        res = subprocess.run([sys.executable, "-m", "pathwatch.cli", "feedback",
+                              end["alert_id"], "normal", "--config", str(config)],
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert f"alert {end['alert_id']} marked normal" in res.stdout
+        cal = json.loads((tmp_path / "state" / "calibration" / "cam.json").read_text())
+        assert cal["frames"]["feedback"][0]["alert_id"] == end["alert_id"]
+        assert cal["frames"]["declared_normal"] == cal["frames"]["feedback"][0]["frames"] > 0
+        again = subprocess.run([sys.executable, "-m", "pathwatch.cli", "feedback",
+                                end["alert_id"], "normal", "--config", str(config)],
+                               capture_output=True, text=True, timeout=120)
+        assert again.returncode == 2 and "already part of" in again.stderr
+        reloaded = collect(status, lambda g: any("reloaded" in m.header.get("detail", "")
+                                                 for m in g), timeout=30)
+        status.close()
+        assert reloaded, _log(proc)
+        at = next(m.header["time"] for m in reloaded if "reloaded" in m.header["detail"])
+        # Two more passes of the clip (10 s each): the object comes back, no alert does.
+        new = lambda g: [m for m in g if m.header["state"] == "start" and m.header["time"] > at]
+        later = collect(sub, new, timeout=22)
+        assert not new(later), f"{new(later)[0].header}\n{_log(proc)}"
+    finally:
+        sub.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)

@@ -208,3 +208,40 @@ def test_a_version_1_file_still_loads_and_says_it_cannot_rethreshold(tmp_path):
     path.write_text(json.dumps(old))
     again = Calibration.load(path)
     assert again.threshold == cal.threshold and "recalibrate" in again.retarget(0.01, 3, 5)
+
+
+def test_frames_declared_normal_are_kept_and_learned():
+    rng = np.random.default_rng(3)
+    grid = TileGrid(320, 240, 32, cols=3, rows=2)
+    ident = {"weights_sha256": "a" * 64, "graph_sha256": "b" * 64}
+    normal, odd = _features(rng, 90, 6), _features(rng, 15, 6, shift=3.0)  # a sight not seen
+    x = np.concatenate([normal, odd])
+    plain = fit_calibration("cam", x, grid, ident, "b", fps=5)
+    assert sum(t["frames"] for t in plain.trimmed) >= 15  # unusual, so left out
+    declared = np.r_[np.zeros(90, bool), np.ones(15, bool)]
+    taught = fit_calibration("cam", x, grid, ident, "b", fps=5, declared_normal=declared)
+    assert taught.trimmed == [] and taught.data["frames"]["declared_normal"] == 15
+    again = _features(rng, 1, 6, shift=3.0)[0]
+    assert plain.frame_score(plain.tile_scores(again))[0] > plain.threshold
+    assert taught.frame_score(taught.tile_scores(again))[0] < taught.threshold
+    # Spread over the out-of-fold blocks, the declared frames do not lift the threshold to
+    # the level they scored at before: the camera still sees what is new to it.
+    assert taught.threshold < plain.frame_score(plain.tile_scores(again))[0] / 10
+    assert taught.frame_score(taught.tile_scores(_features(rng, 1, 6, shift=-3.0)[0]))[0] > \
+        taught.threshold
+
+
+def test_the_calibration_window_round_trips_and_a_damaged_one_is_one_error(tmp_path):
+    from pathwatch.edge.calibration import CalibrationError, CalibrationWindow
+
+    w = CalibrationWindow(np.ones((30, 6, 4), np.float32), np.arange(30) / 5.0,
+                          np.r_[np.zeros(20, bool), np.ones(10, bool)])
+    w.save(tmp_path / "cam.json")
+    assert CalibrationWindow.path_for(tmp_path / "cam.json") == tmp_path / "cam.frames.npz"
+    back = CalibrationWindow.load(tmp_path / "cam.json")
+    assert np.array_equal(back.features, w.features) and back.declared.sum() == 10
+    (tmp_path / "cam.frames.npz").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(CalibrationError, match="damaged"):
+        CalibrationWindow.load(tmp_path / "cam.json")
+    with pytest.raises(CalibrationError, match="kept no frames"):
+        CalibrationWindow.load(tmp_path / "other.json")
