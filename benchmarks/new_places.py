@@ -18,6 +18,9 @@ largest out-of-fold frame score (a lower bound of the calibrated one). "separati
 lower of the two objects' peaks over the highest normal frame after the window: above 1, a
 threshold exists that alerts on both objects and never on people.
 
+All normal: position densities on every normal frame of the clip, scored out of fold: the most
+normal data the clip has, and how far the objects then stand out in their own tile.
+
 Feedback: the daemon's own calibration (fit_calibration) and alert rule run over the stream;
 each alert that ends outside the objects' time is marked normal as `pathwatch feedback` does
 (its frames join the window, declared normal, and everything is refitted), and the stream
@@ -84,6 +87,38 @@ def pooling_table(feats, n_cal, times, events, cols, rows) -> list[dict]:
               f"({row['normal_frames_over']:3d} of {row['normal_frames']} over)  peaks "
               + "  ".join(f"{p:9.1f}" for p in peaks) + f"  separation {min(peaks) / top:5.2f}")
     return rows_out
+
+
+def all_normal_bound(feats, times, events) -> dict:
+    """The most normal data this clip has: position densities fitted on every normal frame
+    (objects' times left out), each frame scored out of fold (5 contiguous blocks), the
+    objects' frames by the full fit. How far do the objects stand out in their own tile?"""
+    from pathwatch.edge.calibration import fit_tile_density, fold_blocks, refit_like
+
+    busy = np.zeros(len(times), bool)
+    for _, a, b in events:
+        busy |= (times >= a) & (times < b + 3.0)
+    idx, ev = np.flatnonzero(~busy), np.flatnonzero(busy)
+    nll = np.full(feats.shape[:2], np.nan)
+    for i in range(feats.shape[1]):
+        x = feats[idx, i]
+        d = fit_tile_density("gmm-bic", x)
+        nll[ev, i] = -d.score(feats[ev, i])
+        for a, b in fold_blocks(len(idx), 5):
+            nll[idx[a:b], i] = -refit_like(d, x[np.r_[0:a, b:len(idx)]]).score(x[a:b])
+    med = np.median(nll[idx], axis=0)
+    z = (nll - med) / np.maximum(1.4826 * np.median(np.abs(nll[idx] - med), axis=0), 1e-3)
+    out = {"normal_max": float(z[idx].max(axis=1).max()), "objects": []}
+    for name, a, b in events:
+        m = (times >= a) & (times < b)
+        tile = int(z[m].max(axis=0).argmax())
+        out["objects"].append({"event": name, "tile": tile,
+                               "scores": [float(z[m][:, tile].min()), float(z[m][:, tile].max())],
+                               "normal_max_in_tile": float(z[idx][:, tile].max())})
+    print(f"all normal frames, out of fold: normal max {out['normal_max']:.1f}; " + "; ".join(
+        f"{o['event']}: tile {o['tile']} scores {o['scores'][0]:.1f}-{o['scores'][1]:.1f}, "
+        f"normal max there {o['normal_max_in_tile']:.1f}" for o in out["objects"]))
+    return out
 
 
 def with_feedback(feats, n_cal, times, events, grid, bundle, policy, fps, mark: bool) -> dict:
@@ -156,6 +191,7 @@ def main() -> int:
     events = [(name, a, b) for name, a, b, *_ in VTEST_EVENTS]
     print(f"vtest {cols}x{rows}, {args.window:g} s window, {len(feats)} frames")
     table = pooling_table(feats.astype(np.float64), n_cal, times, events, cols, rows)
+    bound = all_normal_bound(feats.astype(np.float64), times, events)
     grid = TileGrid(768, 576, bundle.image_size[0], cols, rows)  # vtest.avi is 768x576
     policy = AlertPolicy(trigger_frames=3, window_frames=5, update_interval_s=2.0, quiet_s=3.0,
                          cooldown_s=10.0)
@@ -163,7 +199,8 @@ def main() -> int:
             for mark in (False, True)]
     if args.json:
         Path(args.json).write_text(json.dumps({"tiles": [cols, rows], "window_s": args.window,
-                                               "pooling": table, "feedback": runs}, indent=1))
+                                               "pooling": table, "all_normal": bound,
+                                               "feedback": runs}, indent=1))
     return 0
 
 

@@ -14,12 +14,12 @@ import sys
 from rich.markup import escape
 
 from . import daemon_commands, model_commands
-from .console import UsageError, console
+from .console import OneLineParser, UsageError, console
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pathwatch", description="Diffusion-path anomaly "
-                                     "monitor for cameras.")
+    parser = OneLineParser(prog="pathwatch", description="Diffusion-path anomaly monitor for "
+                           "cameras.")
     sub = parser.add_subparsers(dest="command", required=True)
     model_commands.register(sub)
     daemon_commands.register(sub)

@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.markup import escape
 
 from pathwatch.edge.backends import KINDS as BACKENDS  # no torch, no onnxruntime: names only
-from .console import console, out
+from .console import console, out, plain_name, positive_seconds, whole
 
 REPO_DEFAULT = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -97,7 +97,7 @@ def add_run(sub) -> None:
     p.add_argument("--bundle", help="override model.bundle")
     p.add_argument("--backend", choices=BACKENDS, help="override model.backend")
     p.add_argument("--recalibrate", action="store_true", help="ignore saved calibrations")
-    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--duration", type=positive_seconds, help="stop after this many seconds")
     p.set_defaults(func=cmd_run)
 
 
@@ -137,8 +137,8 @@ def add_calibrate(sub) -> None:
     p.add_argument("--camera", required=True)
     p.add_argument("--config")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--frames", type=int, help="normal frames to collect")
-    size.add_argument("--seconds", type=float, help="scene seconds to collect (default "
+    size.add_argument("--frames", type=whole(1), help="normal frames to collect")
+    size.add_argument("--seconds", type=positive_seconds, help="scene seconds to collect (default "
                       "calibration.seconds)")
     p.add_argument("--bundle", help="override model.bundle")
     p.add_argument("--backend", choices=BACKENDS, help="override model.backend")
@@ -228,9 +228,9 @@ def _describe_existing(path: Path) -> str | None:
 def add_tail(sub) -> None:
     p = sub.add_parser("tail", help="print alert events as JSON lines (fills gaps by replay)")
     _add_client_args(p)
-    p.add_argument("--since", type=int, help="first replay every event after this seq")
+    p.add_argument("--since", type=whole(0), help="first replay every event after this seq")
     p.add_argument("--topic", action="append", help="topic prefixes (default alert.)")
-    p.add_argument("--count", type=int, help="exit after this many events")
+    p.add_argument("--count", type=whole(1), help="exit after this many events")
     p.set_defaults(func=cmd_tail)
 
 
@@ -254,6 +254,11 @@ def _client_security(a, config):
 
 
 def _endpoints(a):
+    from pathwatch.edge.config import check_endpoint
+
+    for given in (a.connect, a.replay):
+        if given:
+            check_endpoint(given)
     config = None if (a.connect and a.replay and not a.config) else find_config(a.config)[0]
     pub = a.connect or _client_address(config.publisher.bind)
     replay = a.replay or _client_address(config.publisher.replay_bind)
@@ -321,7 +326,8 @@ def add_keys(sub) -> None:
     ksub = p.add_subparsers(dest="keys_command", required=True)
     g = ksub.add_parser("generate", help="write NAME.key (public) and NAME.key_secret (mode 600)")
     g.add_argument("directory")
-    g.add_argument("--name", required=True, help="e.g. server, or a client's name")
+    g.add_argument("--name", required=True, type=plain_name,
+                   help="e.g. server, or a client's name (a file name, no path)")
     g.set_defaults(func=cmd_keys_generate)
 
 

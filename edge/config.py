@@ -79,9 +79,19 @@ class PublisherSection(Strict):
     @field_validator("bind", "replay_bind")
     @classmethod
     def _endpoint(cls, v: str) -> str:
-        if not re.match(r"^(tcp|ipc|inproc)://.+", v):
-            raise ValueError(f"{v!r} is not a ZeroMQ endpoint (use tcp://HOST:PORT or ipc:///path)")
-        return v
+        return check_endpoint(v)
+
+
+def check_endpoint(v: str) -> str:
+    """A ZeroMQ endpoint that can work: tcp://HOST:PORT (port 1-65535, or * to bind any),
+    ipc:///path or inproc://name; a ValueError naming the problem otherwise."""
+    if not re.match(r"^(tcp|ipc|inproc)://.+", v):
+        raise ValueError(f"{v!r} is not a ZeroMQ endpoint (use tcp://HOST:PORT or ipc:///path)")
+    if v.startswith("tcp://"):
+        port = v.rpartition(":")[2]
+        if port != "*" and not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise ValueError(f"{v!r} has no valid port (tcp://HOST:PORT with PORT 1-65535)")
+    return v
 
 
 class JournalSection(Strict):

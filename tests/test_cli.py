@@ -56,3 +56,39 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["run", "--duration", "-5"], "--duration: '-5' is not a number of seconds above 0"),
+    (["run", "--duration", "nan"], "'nan' is not a number of seconds above 0"),
+    (["tail", "--count", "-3"], "--count: -3 is below 1"),
+    (["tail", "--since", "-1"], "--since: -1 is below 0"),
+    (["calibrate", "--camera", "demo", "--seconds", "inf"], "'inf' is not a number of seconds"),
+    (["keys", "generate", "{tmp}/k", "--name", "../x"], "'../x' is not a plain name"),
+    (["keys", "generate", "{tmp}/k", "--name", "/abs"], "'/abs' is not a plain name"),
+    (["tail", "--connect", "tcp://127.0.0.1:99999", "--replay", "tcp://127.0.0.1:5557"],
+     "has no valid port"),
+    (["feedback", "../../etc/passwd", "normal", "--config", "{tmp}/none.yaml"], None),
+    (["nosuchcommand"], "invalid choice: 'nosuchcommand'"),
+])
+def test_arguments_that_can_never_work_are_one_line_and_exit_2(argv, message, tmp_path, capsys):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own checks end there
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert message is None or message in err, err
+    assert not (tmp_path / "x.key").exists() and not (tmp_path.parent / "x.key").exists()
+
+
+def test_feedback_names_what_it_cannot_find(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"state_dir: {tmp_path}/state\ncameras:\n  - name: cam\n    source: demo\n")
+    assert main(["feedback", "cam-20261202T101010-abcdef", "normal", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "no frames are kept for alert cam-20261202T101010-abcdef" in err
+    assert main(["feedback", "../x", "normal", "--config", str(config)]) == 2
+    assert "is not an alert id" in capsys.readouterr().err
