@@ -246,6 +246,7 @@ class Daemon:
         self.bus.stats({"backend": self.backend.describe(), "cameras": cameras})
         for name, st in stats.items():
             self.metrics.update_camera(name, st)
+        self.metrics.journal(self.bus.journal_state())
 
     def camera_stats(self) -> dict[str, CameraStats]:
         return {name: camera.stats() for name, camera in self.cameras.items()}
@@ -303,6 +304,7 @@ class Daemon:
     def stop(self) -> None:
         self.notify("STOPPING=1")
         self._close_cameras("shutdown")
+        self.bus.close()  # a last try at events kept while the journal failed
         self._parts.close()
 
     def install_signal_handlers(self) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SCHEMA_VERSION = 1
+BUSY_WAIT_S = 2.0  # how long the writer waits for a lock held elsewhere before failing
 _TABLES = {"meta", "events", "attachments", "sequences"}
 
 
@@ -98,8 +99,10 @@ class Journal:
             elif not self.path.is_file():
                 raise JournalError(f"journal {self.path} does not exist; start the daemon (which "
                                    "creates it) or point the replay server at the right file")
-            self.db = sqlite3.connect(str(self.path), timeout=10.0, isolation_level=None,
-                                      check_same_thread=not reader)
+            # The writer waits briefly for a lock: the frame loop writes, and a journal that
+            # another process holds is a fault to report and ride out, not to wait on.
+            self.db = sqlite3.connect(str(self.path), timeout=10.0 if reader else BUSY_WAIT_S,
+                                      isolation_level=None, check_same_thread=not reader)
         except OSError as e:
             raise JournalError(f"journal {self.path} cannot be created ({e}); set journal.path "
                                "or state_dir to a writable directory") from None
@@ -115,6 +118,10 @@ class Journal:
             self._check_schema()
         except sqlite3.DatabaseError as e:
             self.db.close()
+            if "locked" in str(e) or "busy" in str(e):
+                raise JournalError(f"journal {self.path} is locked by another process (another "
+                                   "pathwatch on the same state_dir, or a tool holding it open); "
+                                   "stop it, or set journal.path") from None
             raise JournalError(f"journal {self.path} is not a usable SQLite database ({e}); move "
                                "it aside (keep it if its events matter) and start again") from None
         except JournalError:
@@ -152,9 +159,11 @@ class Journal:
         return self.db.execute("PRAGMA journal_mode").fetchone()[0]
 
     # ------------------------------------------------------------------ writing
-    def append(self, camera: str, topic: str, header: dict, attachments: list[bytes] = ()) -> dict:
-        """Assign the camera's next seq, store the event durably (committed when this returns),
-        and return the header with `seq` filled in."""
+    def append(self, camera: str, topic: str, header: dict, attachments: list[bytes] = (),
+               seq: int | None = None) -> dict:
+        """Assign the camera's next seq (or store the `seq` given, which the bus numbered while
+        the journal could not be written), store the event durably (committed when this
+        returns), and return the header with `seq` filled in."""
         if self.reader:
             raise JournalError(f"journal {self.path} was opened for reading; append through "
                                "the writer's Journal")
@@ -170,8 +179,10 @@ class Journal:
             self.db.execute("BEGIN IMMEDIATE")  # the seq read and its use are one transaction
             row = self.db.execute("SELECT last_seq FROM sequences WHERE camera=?",
                                   (camera,)).fetchone()
-            seq = (row[0] if row else 0) + 1
-            self.db.execute("INSERT OR REPLACE INTO sequences VALUES (?, ?)", (camera, seq))
+            last = row[0] if row else 0
+            seq = last + 1 if seq is None else seq
+            self.db.execute("INSERT OR REPLACE INTO sequences VALUES (?, ?)",
+                            (camera, max(seq, last)))
             header = {**header, "seq": seq}
             cur = self.db.execute("INSERT INTO events (camera, seq, time, topic, header) "
                                   "VALUES (?, ?, ?, ?, ?)",

@@ -37,6 +37,13 @@ class Metrics:
         self.inference = Histogram("pathwatch_inference_seconds", "Backend call duration (all tiles "
                                    "of a pass)", buckets=LATENCY_BUCKETS, registry=r)
         self.tiles = Counter("pathwatch_tiles_inferred", "Tiles sent to the backend", registry=r)
+        self.journal_ok = Gauge("pathwatch_journal_ok", "1 while alert events are being written "
+                                "to the journal", registry=r)
+        self.unjournaled = Gauge("pathwatch_journal_unwritten_events", "Alert events published "
+                                 "and kept in memory because the journal cannot be written",
+                                 registry=r)
+        self.journal_lost = Gauge("pathwatch_journal_lost_events", "Alert events that could not "
+                                  "be journaled and no longer fit in memory", registry=r)
         self.server = None
 
     def serve(self, host: str, port: int) -> int:
@@ -74,6 +81,11 @@ class Metrics:
         if stats.p_normal is not None:
             self.p_normal.labels(name).set(stats.p_normal)
 
+    def journal(self, state: dict) -> None:
+        self.journal_ok.set(1.0 if state["ok"] else 0.0)
+        self.unjournaled.set(state["unjournaled"])
+        self.journal_lost.set(state["lost"])
+
     def close(self) -> None:
         if self.server is not None:
             self.server.shutdown()
@@ -94,6 +106,9 @@ class NoMetrics:
         pass
 
     def update_camera(self, name: str, stats: "CameraStats") -> None:
+        pass
+
+    def journal(self, state: dict) -> None:
         pass
 
     def close(self) -> None:

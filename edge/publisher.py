@@ -19,9 +19,12 @@ connection. Request: JSON `{"since": seq | {camera: seq}, "camera": name, "limit
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
+import sqlite3
 import threading
+import time
 
 import cv2
 import numpy as np
@@ -33,6 +36,8 @@ from .journal import Journal, check_since, dumps_header
 
 SCHEMA = 1
 REPLAY_KEYS = {"since", "camera", "limit"}
+UNJOURNALED_MAX = 1000  # alert events kept in memory while the journal cannot be written
+JOURNAL_RETRY_S = 5.0
 log = logging.getLogger("pathwatch.publisher")
 
 __all__ = ["SCHEMA", "AlertBus", "NoBus", "Publisher", "PublisherError", "ReplayServer", "encode_jpeg",
@@ -248,11 +253,22 @@ class ReplayServer:
 class AlertBus:
     """Journal first, then publish: an alert a subscriber missed is always in the journal.
     Thread-safe; the journal connection it was given must belong to the calling thread
-    (or only ever be used under this bus)."""
+    (or only ever be used under this bus).
+
+    A journal that cannot be written (locked by another process, a full or read-only disk)
+    does not stop alerts: they are numbered here, published with `journaled: false`, and kept
+    in memory (at most UNJOURNALED_MAX, oldest dropped and counted as lost) until a write
+    works again, tried every JOURNAL_RETRY_S; the `journal` topic, the heartbeat and the
+    log say so."""
 
     def __init__(self, journal: Journal, publisher: Publisher):
         self.journal, self.publisher = journal, publisher
         self._lock = threading.Lock()
+        self._seqs = journal.last_seqs()  # numbered here, so a failing journal cannot stall it
+        self._pending: collections.deque[tuple[str, str, dict, list[bytes]]] = collections.deque()
+        self.lost = 0
+        self.journal_error: str | None = None
+        self._retry_at = 0.0
 
     def alert(self, event: AlertEvent, extra: dict | None = None,
               attachments: dict[str, bytes] | None = None) -> dict:
@@ -261,10 +277,80 @@ class AlertBus:
         header = {"schema": SCHEMA, "kind": "alert", **event.to_header(), **(extra or {}),
                   "attachments": list(attachments)}
         topic = f"alert.{event.camera}"
+        blobs = list(attachments.values())
         with self._lock:
-            header = self.journal.append(event.camera, topic, header, list(attachments.values()))
-        self.publisher.send(topic, header, list(attachments.values()))
+            header = self._record(event.camera, topic, header, blobs)
+        self.publisher.send(topic, header, blobs)
         return header
+
+    def _record(self, camera: str, topic: str, header: dict, blobs: list[bytes]) -> dict:
+        if self._flush():  # in order: nothing is written past an event still waiting
+            try:
+                header = self.journal.append(camera, topic, header, blobs)  # it numbers
+                self._seqs[camera] = header["seq"]
+                return header
+            except sqlite3.Error as e:
+                self._failed(e)
+        seq = self._seqs[camera] = self._seqs.get(camera, 0) + 1
+        header = {**header, "seq": seq}
+        if len(self._pending) >= UNJOURNALED_MAX:
+            lost = self._pending.popleft()
+            self.lost += 1
+            log.error("journal: no room to keep alert event %s seq %s for later; it is lost",
+                      lost[0], lost[2]["seq"])
+        self._pending.append((camera, topic, header, blobs))
+        return {**header, "journaled": False}
+
+    def _flush(self) -> bool:
+        """Write the events kept while the journal failed; True when none is left."""
+        if self._pending and time.monotonic() < self._retry_at:
+            return False
+        while self._pending:
+            camera, topic, header, blobs = self._pending[0]
+            try:
+                self.journal.append(camera, topic, header, blobs, seq=header["seq"])
+            except sqlite3.IntegrityError:  # that seq was taken meanwhile by another writer
+                renumbered = self.journal.append(camera, topic, header | {"seq": None}, blobs)
+                self._seqs[camera] = max(self._seqs[camera], renumbered["seq"])
+                log.warning("journal: alert event %s seq %s was journaled as seq %s (another "
+                            "process wrote to this journal)", camera, header["seq"],
+                            renumbered["seq"])
+            except sqlite3.Error as e:
+                self._failed(e)
+                return False
+            self._pending.popleft()
+        if self.journal_error is not None:
+            self.journal_error = None
+            log.warning("journal: writable again; every kept event is written")
+            self._journal_status("ok", "writable again; every kept event is written")
+        return True
+
+    def _failed(self, e: Exception) -> None:
+        self._retry_at = time.monotonic() + JOURNAL_RETRY_S
+        if self.journal_error is None:
+            self.journal_error = str(e)
+            log.error("journal %s cannot be written (%s); alerts are still published and kept "
+                      "in memory until it can", self.journal.path, e)
+            self._journal_status("failing", f"cannot be written ({e}); alerts are published "
+                                 "with journaled: false and kept in memory")
+
+    def _journal_status(self, state: str, detail: str) -> None:
+        self.publisher.send("journal", {"schema": SCHEMA, "kind": "journal", "time": iso_now(),
+                                        "camera": None, "state": state, "detail": detail,
+                                        "unjournaled": len(self._pending), "lost": self.lost})
+
+    def close(self) -> None:
+        """At shutdown: one last try to write what is kept; what cannot be is said."""
+        with self._lock:
+            self._retry_at = 0.0
+            if not self._flush():
+                log.error("journal: %d alert events published but never written: %s",
+                          len(self._pending), ", ".join(f"{c} seq {h['seq']}" for c, _, h, _
+                                                         in self._pending))
+
+    def journal_state(self) -> dict:
+        return {"ok": self.journal_error is None, "unjournaled": len(self._pending),
+                "lost": self.lost, "error": self.journal_error}
 
     def score(self, camera: str, header: dict) -> None:
         self.publisher.send(f"score.{camera}", {"schema": SCHEMA, "kind": "score",
@@ -276,12 +362,20 @@ class AlertBus:
                                                  "state": state, "detail": detail})
 
     def heartbeat(self, extra: dict | None = None) -> None:
-        """Not journaled. `last_seq` lets a subscriber see alerts it missed."""
+        """Not journaled. `last_seq` lets a subscriber see alerts it missed; `journal` says
+        whether alerts are being written. Kept events are retried here too."""
         with self._lock:
-            last = self.journal.last_seqs()
+            self._flush()
+            try:  # the journal's own marks count too: another writer may have added events
+                for camera, seq in self.journal.last_seqs().items():
+                    self._seqs[camera] = max(seq, self._seqs.get(camera, 0))
+            except sqlite3.Error:
+                pass  # a failing journal: the marks numbered here are the news
+            last, journal = dict(sorted(self._seqs.items())), self.journal_state()
         self.publisher.send("heartbeat", {"schema": SCHEMA, "kind": "heartbeat",
                                           "time": iso_now(), "camera": None, "last_seq": last,
-                                          "dropped": self.publisher.dropped, **(extra or {})})
+                                          "dropped": self.publisher.dropped, "journal": journal,
+                                          **(extra or {})})
 
     def stats(self, payload: dict) -> None:
         """Per-camera figures on the `stats` topic (not journaled)."""
@@ -289,9 +383,13 @@ class AlertBus:
                                       **payload})
 
     def prune(self, max_age_s: float, max_events: int) -> int:
-        """Journal retention; returns how many events were removed."""
+        """Journal retention; returns how many events were removed (0 while it fails)."""
         with self._lock:
-            return self.journal.prune(max_age_s=max_age_s, max_events=max_events)
+            try:
+                return self.journal.prune(max_age_s=max_age_s, max_events=max_events)
+            except sqlite3.Error as e:
+                log.warning("journal: retention skipped this time (%s)", e)
+                return 0
 
 
 class NoBus:
@@ -316,3 +414,9 @@ class NoBus:
 
     def prune(self, max_age_s: float, max_events: int) -> int:
         return 0
+
+    def journal_state(self) -> dict:
+        return {"ok": True, "unjournaled": 0, "lost": 0, "error": None}
+
+    def close(self) -> None:
+        pass

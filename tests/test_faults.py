@@ -188,3 +188,43 @@ def test_an_alert_marked_normal_is_learned_and_does_not_come_back(tmp_path, tiny
         sub.close()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
+
+
+def test_a_locked_journal_does_not_stop_the_daemon_or_lose_an_alert(tmp_path, tiny_bundle):
+    from test_publisher import LOCKER
+
+    video = write_clip_ending_on_an_object(tmp_path / "clip.avi")
+    config = daemon_config(tmp_path, tiny_bundle, str(video), on_end="loop", threshold=50.0)
+    proc = launch(config)
+    sub = _subscriber(tmp_path)
+    journal = tmp_path / "state" / "journal.sqlite"
+    locker = None
+    try:
+        assert _wait(lambda: journal.exists() and (tmp_path / "replay.sock").exists(), 60)
+        locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(journal)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert locker.stdout.readline().strip() == "locked"
+        got = collect(sub, lambda g: sum(m.header["state"] == "end" for m in g) >= 1, 120)
+        unjournaled = [m.header for m in got if m.header.get("journaled") is False]
+        assert unjournaled and proc.poll() is None, _log(proc)
+        locker.communicate("release\n", timeout=10)
+        assert _wait(lambda: _journaled(journal) >= max(
+            h["seq"] for h in unjournaled), 30), _log(proc)
+    finally:
+        sub.close()
+        if locker is not None and locker.poll() is None:
+            locker.kill()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    stored = Journal(journal, reader=True)
+    seqs = [e.header["seq"] for e in stored.since(0)]
+    stored.close()
+    assert seqs == list(range(1, len(seqs) + 1))  # every event, in order, no hole
+
+
+def _journaled(path) -> int:
+    journal = Journal(path, reader=True)
+    try:
+        return max((e.header["seq"] for e in journal.since(0)), default=0)
+    finally:
+        journal.close()

@@ -399,3 +399,52 @@ def test_tail_says_when_the_daemon_is_heard_again(stream, tmp_path):
     notices = err.getvalue().splitlines()
     assert any("nothing from" in n for n in notices), notices
     assert any("hearing the daemon" in n for n in notices), notices
+
+
+LOCKER = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN IMMEDIATE")  # the write lock, as another process on the same file would
+print("locked", flush=True)
+sys.stdin.readline()  # held until the test says
+db.execute("COMMIT")
+"""
+
+
+def test_a_journal_locked_by_another_process_delays_writes_but_loses_nothing(
+        stream, monkeypatch, caplog):
+    import subprocess
+    import sys
+
+    from pathwatch.edge import publisher as publisher_module
+
+    monkeypatch.setattr(publisher_module, "JOURNAL_RETRY_S", 0.2)
+    bus, pub, replay = stream
+    sub = AlertSubscriber(pub, replay, topics=("alert.", "journal"))
+    wait_connected(bus, sub)
+    alert_cycle(bus)  # seq 1..4, journaled
+    locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(bus.journal.path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert locker.stdout.readline().strip() == "locked"
+        with caplog.at_level("ERROR", logger="pathwatch.publisher"):
+            during = alert_cycle(bus, t0=1.75e9)  # published now, journaled later
+        assert [h["seq"] for h in during] == [5, 6, 7, 8]
+        assert all(h["journaled"] is False for h in during)
+        assert bus.journal_state()["unjournaled"] == 4 and not bus.journal_state()["ok"]
+        assert "cannot be written" in caplog.text
+        live = collect(sub, 5)
+        assert [m.topic for m in live][:2] == ["alert.cam", "alert.cam"]
+        notice = [m.header for m in live if m.topic == "journal"]
+        assert notice and notice[0]["state"] == "failing"
+    finally:
+        locker.communicate("release\n", timeout=10)
+    time.sleep(0.3)
+    bus.heartbeat()  # retries the kept events
+    assert bus.journal_state() == {"ok": True, "unjournaled": 0, "lost": 0, "error": None}
+    stored = bus.journal.since(0)
+    assert [e.header["seq"] for e in stored] == list(range(1, 9))
+    assert "journaled" not in stored[5].header and stored[4].attachments == [SNAPSHOT, HEATMAP]
+    after = bus.alert(AlertTracker("cam", AlertPolicy(trigger_frames=1, window_frames=1))
+                      .update(1.8e9, 9.0, 1.0, [0, 0])[0], {}, {})
+    assert after["seq"] == 9 and "journaled" not in after
