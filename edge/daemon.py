@@ -62,6 +62,7 @@ class Daemon:
         self.frames_processed = 0
         self.bus = NoBus()
         self.metrics = NoMetrics()
+        self._curve = self._replay = None  # set by _open_bus when CURVE is on
         self._parts = contextlib.ExitStack()  # what start() built, closed in reverse by stop()
         self._last_heartbeat = self._last_prune = 0.0
 
@@ -95,6 +96,7 @@ class Daemon:
         replay = ReplayServer(cfg.publisher.replay_bind, cfg.journal_path(), secure=secure)
         replay.start()
         self._parts.callback(replay.stop)
+        self._replay = replay
         log.info("publishing on %s, replay on %s, journal %s", publisher.endpoint,
                  replay.endpoint, cfg.journal_path())
         return AlertBus(journal, publisher)
@@ -118,7 +120,8 @@ class Daemon:
         import zmq
 
         from .security import CurveServer
-        curve = CurveServer(zmq.Context.instance(), sec.server_key, sec.authorized_clients)
+        curve = self._curve = CurveServer(zmq.Context.instance(), sec.server_key,
+                                          sec.authorized_clients)
         self._parts.callback(curve.stop)
         log.info("CURVE on: clients must hold a key from %s", sec.authorized_clients)
         return curve.apply
@@ -273,6 +276,7 @@ class Daemon:
         if (new.publisher.bind, new.publisher.replay_bind) != \
                 (self.config.publisher.bind, self.config.publisher.replay_bind):
             log.warning("publisher binds changed; they take effect at the next restart")
+        self._reload_keys(new)
         # A camera whose settings did not change keeps running (its capture, open alert and
         # scene go on); only its calibration file is read again. The others restart.
         keep = [n for n, camera in self.cameras.items()
@@ -285,6 +289,25 @@ class Daemon:
             self.cameras[name].reload(cameras[name].cfg, new, self._plan(name, new))
         self._start_cameras({n: c for n, c in cameras.items() if n not in keep})
         self.cameras = {n: self.cameras[n] for n in cameras}  # in the new file's order
+
+    def _reload_keys(self, new: Config) -> None:
+        """CURVE's authorised keys follow the directory: a removed key loses its open
+        connections too (the sockets are rebound; other clients reconnect by themselves)."""
+        if self._curve is None or not new.security.curve:
+            if new.security.curve != self.config.security.curve:
+                log.warning("security.curve changed; it takes effect at the next restart")
+            return
+        from .security import SecurityError
+        try:
+            added, removed = self._curve.reload(new.security.authorized_clients)
+        except SecurityError as e:
+            log.error("client keys not reloaded, the previous ones still hold: %s", e)
+            return
+        log.info("client keys reloaded from %s: %d added, %d removed%s", self._curve.authorized,
+                 added, removed, "; open connections cut" if removed else "")
+        if removed:
+            self.bus.publisher.rebind()
+            self._replay.rebind()
 
     def _close_cameras(self, reason: str, names: list[str] | None = None) -> None:
         # Every camera is told at once and all share one wait, so stuck cameras cost one

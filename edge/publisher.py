@@ -104,6 +104,13 @@ def _bind(socket: zmq.Socket, address: str, what: str, secure=None) -> str:
     return endpoint
 
 
+def _rebind(socket: zmq.Socket, endpoint: str) -> None:
+    """Unbinding a listening endpoint closes the connections it accepted; binding it again
+    admits new handshakes, which the authenticator checks against its current keys."""
+    socket.unbind(endpoint)
+    socket.bind(endpoint)
+
+
 class Publisher:
     """The PUB socket. Thread-safe: capture threads publish status while the frame loop
     publishes alerts, and a ZeroMQ socket must not be used by two threads at once.
@@ -139,6 +146,13 @@ class Publisher:
             self.sent += 1
         return True
 
+    def rebind(self) -> None:
+        """Cut every subscriber's connection (they reconnect by themselves, with a fresh
+        handshake): after a CURVE key was revoked, its holder must not keep listening."""
+        with self._lock:
+            if not self._closed:
+                _rebind(self.socket, self.endpoint)
+
     def close(self) -> None:
         with self._lock:
             if not self._closed:
@@ -167,7 +181,7 @@ class ReplayServer:
         self.journal_path, self.max_limit = journal_path, max_limit
         self.max_reply_bytes = max_reply_bytes  # a page ends early rather than grow unbounded
         self.served = 0
-        self._stop = threading.Event()
+        self._stop, self._rebind = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -181,7 +195,10 @@ class ReplayServer:
         poller.register(self.socket, zmq.POLLIN)
         try:
             while not self._stop.is_set():
-                if not dict(poller.poll(100)):  # short, so stop() is prompt
+                if self._rebind.is_set():  # the socket belongs to this thread
+                    self._rebind.clear()
+                    _rebind(self.socket, self.endpoint)
+                if not dict(poller.poll(100)):  # short, so stop() and rebind() are prompt
                     continue
                 frames = self.socket.recv_multipart()
                 # ROUTER prefixes the peer identity; REQ peers add an empty delimiter after it.
@@ -239,6 +256,10 @@ class ReplayServer:
             count += 1
         summary = {"count": count, "more": more, "last_seq": self.journal.last_seqs()}
         return [json.dumps(summary).encode(), *frames]
+
+    def rebind(self) -> None:
+        """Cut every open connection within about 0.1 s (see Publisher.rebind)."""
+        self._rebind.set()
 
     def stop(self) -> None:
         """Stop serving within about 0.1 s; closes the socket and the journal connection."""

@@ -64,25 +64,50 @@ def load_public(path: str | Path) -> bytes:
 
 
 class CurveServer:
-    """Runs ZeroMQ's authenticator for a context and configures server sockets."""
+    """Runs ZeroMQ's authenticator for a context and configures server sockets. The authorised
+    keys are read at start and again by reload() (SIGHUP)."""
 
     def __init__(self, context: zmq.Context, server_secret: str | Path, authorized_dir: str | Path):
         self.public, self.secret = load_secret(server_secret)
-        authorized = Path(authorized_dir).expanduser()
-        if not authorized.is_dir() or not any(authorized.glob("*.key")):
-            raise SecurityError(f"{authorized} holds no client public keys (*.key); copy each "
-                                "client's .key file there")
+        self.authorized = Path(authorized_dir).expanduser()
+        self.keys = authorized_keys(self.authorized)
+        if not self.keys:
+            raise SecurityError(f"{self.authorized} holds no client public keys (*.key); copy "
+                                "each client's .key file there")
         self.auth = ThreadAuthenticator(context)
         self.auth.start()
-        self.auth.configure_curve(domain="*", location=str(authorized))
+        self.auth.configure_curve(domain="*", location=str(self.authorized))
 
     def apply(self, socket: zmq.Socket) -> None:
         socket.curve_secretkey = self.secret
         socket.curve_publickey = self.public
         socket.curve_server = True
 
+    def reload(self, authorized_dir: str | Path | None = None) -> tuple[int, int]:
+        """Read the authorised keys again (from a new directory if given); returns how many
+        were added and removed. New handshakes follow the new set at once; connections made
+        with a removed key are cut by the caller (rebinding its sockets)."""
+        directory = Path(authorized_dir or self.authorized).expanduser()
+        keys = authorized_keys(directory)  # a directory that cannot be read changes nothing
+        self.auth.configure_curve(domain="*", location=str(directory))
+        added, removed = len(keys - self.keys), len(self.keys - keys)
+        self.authorized, self.keys = directory, keys
+        return added, removed
+
     def stop(self) -> None:
         self.auth.stop()
+
+
+def authorized_keys(directory: Path) -> set[bytes]:
+    """The client public keys in a directory of `*.key` files."""
+    if not directory.is_dir():
+        raise SecurityError(f"{directory} is not a directory of client public keys; create it "
+                            "and copy each client's .key file there")
+    try:
+        return set(zmq.auth.load_certificates(str(directory)))
+    except (ValueError, OSError) as e:
+        raise SecurityError(f"client keys in {directory} cannot be read ({e}); remove the file "
+                            "that is not a ZeroMQ public key") from None
 
 
 def client_options(server_public: str | Path, client_secret: str | Path):

@@ -13,6 +13,7 @@ import time
 
 import cv2
 import numpy as np
+import pytest
 from skimage import data
 
 from conftest import daemon_config
@@ -228,3 +229,60 @@ def _journaled(path) -> int:
         return max((e.header["seq"] for e in journal.since(0)), default=0)
     finally:
         journal.close()
+
+
+def test_sighup_reloads_client_keys_and_a_revoked_key_loses_its_open_connection(
+        tmp_path, tiny_bundle):
+    import shutil
+
+    import yaml
+
+    from pathwatch.edge.security import client_options, generate_keys
+    from pathwatch.edge.subscriber import ReplayUnavailable
+
+    generate_keys(tmp_path / "server", "server")
+    for name in ("kept", "revoked", "newcomer"):
+        generate_keys(tmp_path / "clients", name)
+    authorized = tmp_path / "authorized"
+    authorized.mkdir()
+    for name in ("kept", "revoked"):
+        shutil.copy(tmp_path / "clients" / f"{name}.key", authorized)
+    config = daemon_config(tmp_path, tiny_bundle, "demo", fps=5.0)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["security"] = {"curve": True, "server_key": str(tmp_path / "server" / "server.key_secret"),
+                       "authorized_clients": str(authorized)}
+    config.write_text(yaml.safe_dump(cfg))
+
+    def client(name):
+        secure = client_options(tmp_path / "server" / "server.key",
+                                tmp_path / "clients" / f"{name}.key_secret")
+        return AlertSubscriber(f"ipc://{tmp_path}/pub.sock", f"ipc://{tmp_path}/replay.sock",
+                               topics=("heartbeat",), secure=secure, replay_timeout_s=1.0)
+
+    def hears(sub, seconds=4.0):
+        return any(m.topic == "heartbeat" for m in sub.events(timeout_s=seconds))
+
+    proc = launch(config)
+    subs = {name: client(name) for name in ("kept", "revoked", "newcomer")}
+    try:
+        assert _wait(lambda: hears(subs["kept"], 1.0), 90), _log(proc)
+        assert hears(subs["revoked"]) and not hears(subs["newcomer"], 2.0)
+        (authorized / "revoked.key").unlink()
+        shutil.copy(tmp_path / "clients" / "newcomer.key", authorized)
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(2.0)
+        list(subs["revoked"].events(timeout_s=0.5))  # drain what was queued before the cut
+        assert not hears(subs["revoked"]), "a revoked key kept its open connection"
+        with pytest.raises(ReplayUnavailable):
+            subs["revoked"].replay(0)
+        assert hears(subs["kept"]), "an authorised client did not reconnect after the cut"
+        subs["newcomer"].close()
+        subs["newcomer"] = client("newcomer")  # its first try was refused: a new connection
+        assert hears(subs["newcomer"])
+        assert subs["newcomer"].replay(0) is not None
+    finally:
+        for sub in subs.values():
+            sub.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    assert "client keys reloaded" in proc.stderr.read()
