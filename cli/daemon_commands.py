@@ -376,6 +376,17 @@ def config_warnings(config) -> list[str]:
             if network_reachable(address):
                 out.append(f"publisher.{key} {address} is reachable from the network without "
                            "encryption; set security.curve: true (see the README's Security)")
+    if config.metrics.enabled and config.metrics.host not in ("127.0.0.1", "localhost", "::1"):
+        out.append(f"metrics.host {config.metrics.host} exposes the metrics endpoint, which has "
+                   "no authentication, to the network; keep 127.0.0.1 unless a firewall or "
+                   "proxy guards it")
+    sec = config.security
+    if not sec.curve:
+        for key in ("server_key", "authorized_clients"):
+            path = getattr(sec, key)
+            if path and not Path(path).expanduser().exists():
+                out.append(f"security.{key} {path} does not exist (unused while curve is "
+                           "false; `run` refuses it once curve is true)")
     bundle = config.model.bundle
     if bundle != "default" and not (Path(bundle) / "manifest.json").is_file():
         out.append(f"model.bundle {bundle} is not a bundle directory (yet); `run` refuses it "

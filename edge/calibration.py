@@ -122,6 +122,9 @@ class Calibration:
     def _read_tail(self) -> None:
         """The out-of-fold scores and their tail fit, parsed once (None in version 1 files)."""
         self._oof = np.asarray(self.data.get("scores", {}).get("out_of_fold") or [], np.float64)
+        if len(self._oof) and self.threshold < self._oof.min():
+            raise ValueError(f"threshold.value {self.threshold:g} is below every normal frame's "
+                             f"score (lowest {self._oof.min():.3g}): every frame would alert")
         tail = self.data["threshold"].get("tail")
         self._tail = TailFit(**tail) if tail and len(self._oof) else None
 

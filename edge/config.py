@@ -174,7 +174,7 @@ class CameraConfig(Strict):
                                      "the roi; tiles mostly inside them are not scored")
     calibration: str | None = None
     auto_calibrate: bool | None = None
-    threshold: float | None = None
+    threshold: float | None = Field(None, allow_inf_nan=False)
 
     @field_validator("name")
     @classmethod
@@ -310,24 +310,77 @@ def parse_config(text: str, source_name: str = "<string>", base_dir: Path | None
     if check_sources:
         _check_sources(config, source_name, lines, secrets,
                        None if check_sources is True else list(check_sources))
+        _check_daemon_files(config, source_name, lines)
     return config
+
+
+def _check_daemon_files(config: "Config", source_name: str, lines: dict) -> None:
+    """The keys and the journal `run` opens after loading the model, checked before it."""
+    from .security import SecurityError, load_secret
+
+    sec = config.security
+    checks = [(("journal", "path"), lambda: _check_journal_dir(config.journal_path()))]
+    if sec.curve:
+        checks += [(("security", "server_key"), lambda: load_secret(sec.server_key)),
+                   (("security", "authorized_clients"), lambda: _some_keys(sec.authorized_clients))]
+    for where, check in checks:
+        try:
+            check()
+        except (SecurityError, ConfigError) as e:
+            raise ConfigError(f"{source_name}{_line_for(lines, where)}: {_fmt_path(where)}: "
+                              f"{e}") from None
+
+
+def _some_keys(directory: str) -> None:
+    from .security import authorized_keys
+
+    if not authorized_keys(Path(directory).expanduser()):
+        raise ConfigError(f"{directory} holds no client public keys (*.key); copy each "
+                          "client's .key file there")
+
+
+def _check_journal_dir(path: Path) -> None:
+    if not _writable(path):
+        raise ConfigError(f"the journal {path} cannot be written there; set journal.path or "
+                          "state_dir to a writable directory")
 
 
 def _check_sources(config: "Config", source_name: str, lines: dict, secrets: list[str],
                    only: list[str] | None) -> None:
     """The same source checks `run` makes (scheme, demo and folder options, a path that
     exists), so `config check` never passes a file that `run` refuses."""
-    from .sources import SourceError, parse_source
+    from .sources import SourceError, check_recording, parse_source
 
     for i, cam in enumerate(config.cameras):
         if not cam.enabled or (only is not None and cam.name not in only):
             continue
-        try:
-            parse_source(cam.source)
-        except SourceError as e:
-            where = ("cameras", i, "source")
-            raise ConfigError(_scrub(f"{source_name}{_line_for(lines, where)}: "
-                                     f"{_fmt_path(where)}: {e}", secrets)) from None
+        for key, check in (("source", lambda: check_recording(parse_source(cam.source))),
+                           ("calibration", lambda: _check_writable(cam, config))):
+            try:
+                check()
+            except (SourceError, ConfigError) as e:
+                where = ("cameras", i, key)
+                raise ConfigError(_scrub(f"{source_name}{_line_for(lines, where)}: "
+                                         f"{_fmt_path(where)}: {e}", secrets)) from None
+
+
+def _check_writable(cam: "CameraConfig", config: "Config") -> None:
+    """A calibration the daemon must write (auto-calibration, feedback) fails only after
+    minutes of collecting if its directory cannot be written: say so now."""
+    path = cam.calibration_path(config)
+    if path.is_file() and not cam.wants_auto_calibration(config):
+        return  # read only
+    if not _writable(path):
+        raise ConfigError(f"calibration file {path} cannot be written there; set "
+                          "cameras[].calibration or state_dir to a writable place")
+
+
+def _writable(path: Path) -> bool:
+    """Whether `path` can be written or created (its missing directories included)."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if existing == path:
+        return path.is_file() and os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+    return existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
 
 
 def _line_index(node, source: str) -> dict[tuple, int]:

@@ -136,6 +136,9 @@ class Daemon:
         port = metrics.serve(m.host, m.port)
         self._parts.callback(metrics.close)
         log.info("metrics on http://%s:%d/metrics", m.host, port)
+        if m.host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("metrics on %s are reachable from the network, without authentication",
+                        m.host)
         return metrics
 
     def _plan(self, name: str, cfg: Config) -> CalibrationPlan:

@@ -98,10 +98,55 @@ def parse_source(spec: str | int) -> SourceSpec:
     scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", s)
     if scheme:
         if scheme.group(1).lower() in URL_SCHEMES:
-            return SourceSpec("url", s)
+            return SourceSpec("url", _check_url(s))
         raise SourceError(f"source scheme {scheme.group(1)}:// is not supported; use rtsp://, "
                           "rtsps://, http:// or https://, a device, a file, a folder or demo")
     return _parse_path(s)
+
+
+def _check_url(s: str) -> str:
+    """A URL that names no host or a port that cannot exist would be retried for ever."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(s)
+        host, port = parts.hostname, parts.port  # .port raises for 99999 or "abc"
+    except ValueError as e:
+        raise SourceError(f"source {_masked(s)} is not a valid URL ({e}); check brackets "
+                          "around IPv6 addresses and the port (1-65535)") from None
+    if not host:
+        raise SourceError(f"source {_masked(s)} names no host; use e.g. "
+                          "rtsp://user:${CAM_PASSWORD}@192.168.1.20:554/stream")
+    if port == 0:
+        raise SourceError(f"source {_masked(s)}: port 0 cannot be connected to; use 1-65535")
+    return s
+
+
+def _masked(url: str) -> str:
+    return re.sub(r"//[^/@]*@", "//***@", url)
+
+
+def check_recording(spec: SourceSpec) -> None:
+    """Open a file or folder source and decode one frame, so a recording that can never play
+    (a text file named .mp4, a folder of no images) is refused before the model loads
+    rather than retried for ever."""
+    if spec.kind == "file":
+        cap = cv2.VideoCapture(spec.target)
+        try:
+            ok = cap.isOpened() and cap.read()[0]
+        finally:
+            cap.release()
+        if not ok:
+            raise SourceError(f"source {spec.target} is not a video OpenCV can decode; check the "
+                              "file (e.g. ffprobe it) or convert it: ffmpeg -i IN -c:v libx264 OUT.mp4")
+    elif spec.kind == "folder":
+        images = sorted(p for p in Path(spec.target).iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        if not images:
+            raise SourceError(f"source folder {spec.target} holds no images "
+                              f"({', '.join(IMAGE_EXTS)}); put frames there or fix the path")
+        if not any(cv2.imread(str(p)) is not None for p in images[:5]):
+            raise SourceError(f"source folder {spec.target}: none of its first images decodes "
+                              f"({images[0].name}, ...); check the files")
 
 
 def _parse_path(s: str) -> SourceSpec:

@@ -77,6 +77,16 @@ def test_examples_load(name, monkeypatch, tmp_path):
         for i in range(5):
             writer.write(np.full((48, 64, 3), 40 * i, np.uint8))
         writer.release()
+    if name == "rtsp_cameras.yaml":  # its keys are the user's: make some where it points
+        with pytest.raises(ConfigError, match=r"rtsp_cameras.yaml:16: security.server_key: key "
+                                              r"file /etc/pathwatch/keys/server.key_secret"):
+            load_config(path, check_sources=True)
+        from pathwatch.edge.security import generate_keys
+        generate_keys(tmp_path / "keys", "server")
+        generate_keys(tmp_path / "authorized", "viewer")
+        path = tmp_path / name
+        path.write_text((CONFIGS / "examples" / name).read_text().replace(
+            "/etc/pathwatch/", f"{tmp_path}/"))
     config = load_config(path, check_sources=True)
     assert config.cameras
     if name == "video_file.yaml":  # relative to the file, not the working directory
@@ -95,6 +105,68 @@ def test_sources_and_non_finite_numbers_are_checked_as_run_checks_them(line, mes
         parse_config(f"cameras:\n  - name: a\n{line}\n", "t.yaml", check_sources=True)
     assert str(e.value).startswith("t.yaml:") and message in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def _impossible(tmp_path, kind) -> tuple[str, str]:
+    """A camera line that can never work, and the words its error must say."""
+    if kind == "text file named .mp4":
+        (tmp_path / "clip.mp4").write_text("not a video\n")
+        return f"    source: {tmp_path / 'clip.mp4'}", "is not a video OpenCV can decode"
+    if kind == "empty image folder":
+        (tmp_path / "frames").mkdir()
+        return f"    source: {tmp_path / 'frames'}", "holds no images"
+    if kind == "calibration under a file":
+        (tmp_path / "plain").write_text("")
+        return (f"    source: demo\n    calibration: {tmp_path / 'plain' / 'cam.json'}",
+                "cameras[0].calibration: calibration file")
+    return {"no host": ("    source: 'rtsp://'", "names no host"),
+            "bad IPv6": ("    source: 'http://[::1:99999/x'", "is not a valid URL"),
+            "port out of range": ("    source: 'rtsp://cam.local:99999/s'", "is not a valid URL"),
+            }[kind]
+
+
+@pytest.mark.parametrize("kind", ["no host", "bad IPv6", "port out of range", "text file named .mp4",
+                                  "empty image folder", "calibration under a file"])
+def test_sources_and_paths_that_can_never_work_are_refused_before_the_model(tmp_path, kind,
+                                                                             monkeypatch):
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    line, message = _impossible(tmp_path, kind)
+    text = f"cameras:\n  - name: a\n{line}\n"
+    parse_config(text, "t.yaml")  # the shape is valid: only the checks `run` makes refuse it
+    with pytest.raises(ConfigError) as e:
+        parse_config(text, "t.yaml", check_sources=True)
+    assert str(e.value).startswith("t.yaml:") and message in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_keys_and_journal_that_run_would_refuse_are_refused_by_config_check(tmp_path, capsys):
+    from pathwatch.cli import main
+
+    (tmp_path / "plain").write_text("")
+    base = f"cameras:\n  - name: a\n    source: demo\nstate_dir: {tmp_path / 'state'}\n"
+    cases = {
+        f"journal:\n  path: {tmp_path / 'plain' / 'j.sqlite'}\n": "journal.path: the journal",
+        (f"security:\n  curve: true\n  server_key: {tmp_path / 'none.key_secret'}\n"
+         f"  authorized_clients: {tmp_path}\n"): "security.server_key: key file",
+    }
+    for extra, message in cases.items():
+        path = tmp_path / "c.yaml"
+        path.write_text(base + extra)
+        assert main(["config", "check", str(path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_config_check_warns_about_open_metrics_and_keys_that_do_not_exist(tmp_path, capsys):
+    from pathwatch.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(f"metrics:\n  host: 0.0.0.0\nsecurity:\n  server_key: {tmp_path}/gone\n"
+                    f"state_dir: {tmp_path}\ncameras:\n  - name: a\n    source: demo\n")
+    assert main(["config", "check", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "metrics.host 0.0.0.0 exposes the metrics endpoint" in err
+    assert f"security.server_key {tmp_path}/gone does not exist" in err
 
 
 def test_example_details(monkeypatch):

@@ -156,6 +156,7 @@ def test_calibration_fields_are_typed_when_fitted_and_when_loaded(tmp_path):
     (lambda d: d.update(grid=[[1, 2]]), "grid must be an object"),
     (lambda d: d.update(camera=7), "camera must be a string"),
     (lambda d: d["frames"].pop("total"), "missing 'total'"),
+    (lambda d: d["threshold"].update(value=-1e9), "below every normal frame's score"),
 ])
 def test_a_calibration_of_the_wrong_shape_is_damaged(tmp_path, edit, message):
     _, path = _saved_calibration(tmp_path)
