@@ -13,8 +13,8 @@ import sys
 
 from rich.markup import escape
 
-from . import daemon_commands, model_commands
-from .console import OneLineParser, UsageError, console
+from . import bridge_commands, daemon_commands, model_commands
+from .console import OneLineParser, UsageError, console, one_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     model_commands.register(sub)
     daemon_commands.register(sub)
+    bridge_commands.add_bridge_commands(sub)
     return parser
 
 
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         # OSError: a file that exists where a folder should be, no permission, a full disk.
         message = str(e) if not isinstance(e, OSError) or not e.strerror else \
             f"{e.strerror}: {e.filename}" if e.filename else e.strerror
-        console.print(f"[red]pathwatch {args.command}: error:[/] {escape(message)}",
+        console.print(f"[red]pathwatch {args.command}: error:[/] {escape(one_line(message))}",
                       highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:

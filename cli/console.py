@@ -7,6 +7,7 @@ import re
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
 # Off a terminal (a pipe, a file, journald) rich would squeeze tables to 80 columns.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
@@ -21,9 +22,15 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, with its errors as one line (no usage block) and exit code 2."""
 
     def error(self, message: str):
-        console.print(f"[red]{self.prog}: error:[/] {message} (see {self.prog} --help)",
-                      highlight=False, soft_wrap=True)
+        console.print(f"[red]{self.prog}: error:[/] {escape(one_line(message))} "
+                      f"(see {self.prog} --help)", highlight=False, soft_wrap=True)
         raise SystemExit(2)
+
+
+def one_line(text: str) -> str:
+    """Control characters a user typed (a newline in an argument) shown escaped, so an
+    error stays one line."""
+    return re.sub(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", lambda m: repr(m.group())[1:-1], text)
 
 
 def positive_seconds(text: str) -> float:

@@ -23,6 +23,7 @@ a changed false-alarm target or trigger rule re-thresholds without refitting.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -75,6 +76,69 @@ def _typed(data: dict, dotted: str, kind):
     return float(value) if kind is float else value
 
 
+def _finite(value, what: str, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or (positive and value <= 0):
+        raise ValueError(f"{what} must be a finite number{' above 0' if positive else ''}, "
+                         f"not {value!r:.40}")
+    return float(value)
+
+
+def _whole(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{what} must be a whole number, not {value!r:.40}")
+    return value
+
+
+def check_shape(data: dict) -> None:
+    """Every part of a calibration file the camera reads while it runs, checked once at load
+    (a file edited by hand or damaged fails here as one error, not mid-stream)."""
+    tiles = data["tiles"]
+    if not isinstance(tiles, list) or not tiles or not all(isinstance(t, dict) for t in tiles):
+        raise ValueError("tiles must be a non-empty list of objects")
+    for i, t in enumerate(tiles):
+        if not isinstance(t["active"], bool):
+            raise ValueError(f"tiles[{i}].active must be true or false")
+        _finite(t["mean"], f"tiles[{i}].mean")
+        _finite(t["std"], f"tiles[{i}].std", positive=True)
+    thr = _typed(data, "threshold", dict)
+    for key in ("chosen", "fps"):
+        if key in thr:
+            _finite(thr[key], f"threshold.{key}", positive=key == "fps")
+    for key in ("trigger_frames", "window_frames"):
+        if key in thr:
+            _whole(thr[key], f"threshold.{key}")
+    if thr.get("tail") is not None:
+        _check_tail(thr["tail"])
+    scores = data.get("scores", {})
+    oof = scores.get("out_of_fold", []) if isinstance(scores, dict) else None
+    if not isinstance(oof, list):
+        raise ValueError("scores.out_of_fold must be a list of numbers")
+    for x in oof:
+        _finite(x, "scores.out_of_fold[]")
+    frames = _typed(data, "frames", dict)
+    _finite(frames.get("seconds", 0), "frames.seconds")
+    _whole(frames.get("dropped", 0), "frames.dropped")
+    for key in ("trimmed", "feedback"):
+        if not isinstance(frames.get(key, []), list):
+            raise ValueError(f"frames.{key} must be a list")
+    for t in frames.get("trimmed", []):
+        if not isinstance(t, dict):
+            raise ValueError("frames.trimmed[] must be objects")
+        _whole(t["frames"], "frames.trimmed[].frames")
+        _finite(t["from_s"], "frames.trimmed[].from_s")
+        _finite(t["to_s"], "frames.trimmed[].to_s")
+
+
+def _check_tail(tail) -> None:
+    fields = {f.name for f in dataclasses.fields(TailFit)}
+    if not isinstance(tail, dict) or set(tail) != fields:
+        raise ValueError(f"threshold.tail must be an object with {', '.join(sorted(fields))}")
+    for key in fields - {"frames"}:
+        _finite(tail[key], f"threshold.tail.{key}", positive=key in ("sigma", "zeta"))
+    _whole(tail["frames"], "threshold.tail.frames")
+
+
 @dataclass(frozen=True)
 class CalibrationFacts:
     """The scalar fields of a calibration file, type-checked once."""
@@ -109,6 +173,7 @@ class Calibration:
     `data` is the file's JSON (what `save` writes); read the typed attributes instead."""
 
     def __init__(self, data: dict, densities: list[Density | None]):
+        check_shape(data)
         self.data = data
         self.densities = densities
         self.facts = CalibrationFacts.parse(data)
@@ -247,6 +312,8 @@ class Calibration:
             cal = cls(data, densities)
             if not (np.all(np.isfinite(cal.mean)) and np.all(cal.std > 0)):
                 raise ValueError("a tile's mean/std is not finite and positive")
+            if len({d.dim for d in densities if d is not None}) > 1:
+                raise ValueError("the tiles' densities expect different numbers of features")
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             what = f"missing {e}" if isinstance(e, KeyError) else str(e)
             raise CalibrationError(f"{path} is damaged ({what}); recalibrate") from None

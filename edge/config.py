@@ -89,7 +89,7 @@ def check_endpoint(v: str) -> str:
         raise ValueError(f"{v!r} is not a ZeroMQ endpoint (use tcp://HOST:PORT or ipc:///path)")
     if v.startswith("tcp://"):
         port = v.rpartition(":")[2]
-        if port != "*" and not (port.isdigit() and 1 <= int(port) <= 65535):
+        if port != "*" and not (re.fullmatch(r"[0-9]{1,5}", port) and 1 <= int(port) <= 65535):
             raise ValueError(f"{v!r} has no valid port (tcp://HOST:PORT with PORT 1-65535)")
     return v
 
@@ -187,7 +187,7 @@ class CameraConfig(Strict):
     @field_validator("source", mode="before")
     @classmethod
     def _source(cls, v: Any) -> Any:
-        if isinstance(v, str) and v.strip().isdigit():
+        if isinstance(v, str) and re.fullmatch(r"[0-9]+", v.strip()):
             return int(v)  # "0" from an environment variable means device 0, not a file named 0
         if isinstance(v, int) and not isinstance(v, bool) and v < 0:
             raise ValueError(f"a device index must be 0 or more (got {v})")
@@ -416,6 +416,8 @@ def _line_index(node, source: str) -> dict[tuple, int]:
 def _fmt_path(path) -> str:
     s = ""
     for p in path:
+        if not isinstance(p, int) and not re.fullmatch(r"[\w.-]+", str(p)):
+            p = repr(p)  # a key with spaces or control characters, quoted on one line
         s += f"[{p}]" if isinstance(p, int) else (f".{p}" if s else str(p))
     return s or "(top level)"
 

@@ -85,9 +85,11 @@ def parse_source(spec: str | int) -> SourceSpec:
     if isinstance(spec, bool) or not isinstance(spec, (int, str)):
         raise SourceError(f"source {spec!r} must be a device index or a string (a /dev path, "
                           "URL, file, folder or demo)")
-    if isinstance(spec, int) or spec.strip().isdigit():
-        return SourceSpec("device", int(spec))
+    if isinstance(spec, int):
+        return SourceSpec("device", spec)
     s = spec.strip()
+    if re.fullmatch(r"[0-9]+", s):
+        return SourceSpec("device", int(s))
     if not s:
         raise SourceError("source is empty; use a device index, /dev/videoN, a URL, a file, a "
                           "folder or demo")
@@ -150,7 +152,11 @@ def check_recording(spec: SourceSpec) -> None:
 
 
 def _parse_path(s: str) -> SourceSpec:
-    path, options = Path(s).expanduser(), {}
+    try:
+        path, options = Path(s).expanduser(), {}
+    except RuntimeError:  # ~name of no such user
+        raise SourceError(f"source {s!r}: no home directory for {s.split('/')[0]!r}; give "
+                          "the full path") from None
     if not path.exists() and "?" in s:  # PATH?fps=N for folders
         head, _, query = s.rpartition("?")
         path, options = Path(head).expanduser(), _folder_options(query, s)
