@@ -1,5 +1,6 @@
 """The systemd unit and the sd_notify protocol against a real datagram socket."""
 import os
+import re
 import shutil
 import signal
 import socket
@@ -28,6 +29,55 @@ def test_unit_passes_systemd_analyze_verify(tmp_path):
                  "SupplementaryGroups=video render", "StateDirectory=pathwatch",
                  "CacheDirectory=pathwatch", "NoNewPrivileges=yes", "ProtectSystem=strict"):
         assert line in text
+
+
+def _settings(text):
+    """Each key of the [Service] section to the list of its assignments, in order."""
+    out, section = {}, None
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]" and line and not line.startswith(("#", ";")) and "=" in line:
+            key, value = line.split("=", 1)
+            out.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_unit_hardening_rates_2_5_or_better_and_keeps_devices_and_network(tmp_path):
+    unit = tmp_path / "pathwatch.service"
+    unit.write_text(UNIT.read_text())
+    res = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit)],
+                         capture_output=True, text=True, env={**os.environ, "SYSTEMD_COLORS": "0"})
+    m = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", res.stdout)
+    if m is None and res.returncode != 0 and re.search(r"unrecognized option|[Uu]nknown (command|verb)"
+                                                       r"|offline|not supported", res.stderr):
+        pytest.skip(f"systemd-analyze security --offline unsupported: {res.stderr.strip()[:200]}")
+    assert m is not None, res.stdout + res.stderr
+    assert float(m.group(1)) <= 2.5, res.stdout
+
+    # ... and the settings that keep cameras, GPUs, the network and the runtimes working.
+    s = _settings(UNIT.read_text())
+    truthy = {"yes", "true", "on", "1"}
+    assert s["DevicePolicy"] == ["closed"]
+    allowed = {v.split()[0]: v.split()[1] for v in s["DeviceAllow"]}
+    for dev in ("char-video4linux", "/dev/nvidiactl", "/dev/nvidia0", "/dev/nvidia-uvm",
+                "/dev/nvhost-ctrl", "/dev/nvmap", "char-nvidia-frontend", "char-drm"):
+        assert allowed.get(dev) == "rw", dev
+    families = s["RestrictAddressFamilies"][-1].split()
+    assert families[0] != "~" and not families[0].startswith("~")
+    assert {"AF_UNIX", "AF_INET", "AF_INET6"} <= set(families)
+    assert not set(s.get("PrivateDevices", [])) & truthy  # would hide /dev/video*
+    assert not set(s.get("MemoryDenyWriteExecute", [])) & truthy  # ORT/TensorRT JIT
+    assert s.get("ProcSubset", ["all"])[-1] != "pid"  # /proc/cpuinfo, /proc/driver/nvidia
+    assert "IPAddressDeny" not in s  # cameras live on arbitrary addresses
+    assert s["SupplementaryGroups"] == ["video render"]
+    filters = s["SystemCallFilter"]
+    assert filters[0] == "@system-service"
+    denied = {name for f in filters if f.startswith("~") for name in f[1:].split()}
+    assert not denied & {"@resources", "@ipc", "@memlock", "ioctl", "mmap", "sched_setaffinity"}
+    assert s["SystemCallErrorNumber"] == ["EPERM"]
 
 
 def _socket(tmp_path):
