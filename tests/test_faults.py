@@ -1,6 +1,7 @@
 """Faults and corrections a real daemon meets: a SIGKILL while an alert is open, a camera that
-dies during an alert, the privacy of what it records, and an alert a person calls normal.
-Real processes, sockets, files and signals."""
+dies during an alert, a network camera process killed and restarted, a journal locked by
+another process or on a disk that fills, client keys revoked on SIGHUP, the privacy of what it
+records, and an alert a person calls normal. Real processes, sockets, files and signals."""
 from __future__ import annotations
 
 import json
@@ -286,3 +287,110 @@ def test_sighup_reloads_client_keys_and_a_revoked_key_loses_its_open_connection(
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
     assert "client keys reloaded" in proc.stderr.read()
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 2 MiB tmpfs the test can fill, where the machine lets it mount one (root in a VM or
+    a privileged container); skipped elsewhere."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mount)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({res.stderr.strip() or res.returncode})")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(directory) -> object:
+    """Take every free byte of the filesystem under `directory`; returns the filler's path."""
+    filler = directory / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_disk_delays_journal_writes_but_loses_no_alert(tmp_path, tiny_bundle,
+                                                              small_filesystem):
+    import yaml
+
+    video = write_clip_ending_on_an_object(tmp_path / "clip.avi")
+    config = daemon_config(tmp_path, tiny_bundle, str(video), on_end="loop", threshold=50.0)
+    cfg = yaml.safe_load(config.read_text())
+    journal = small_filesystem / "journal.sqlite"
+    cfg["journal"] = {"path": str(journal)}
+    config.write_text(yaml.safe_dump(cfg))
+    proc = launch(config)
+    sub = _subscriber(tmp_path)
+    try:
+        assert _wait(lambda: journal.exists() and (tmp_path / "replay.sock").exists(), 60)
+        filler = _fill(small_filesystem)
+        got = collect(sub, lambda g: sum(m.header["state"] == "end" for m in g) >= 1, 120)
+        unjournaled = [m.header for m in got if m.header.get("journaled") is False]
+        assert unjournaled and proc.poll() is None, _log(proc)
+        filler.unlink()  # room again: the kept events are written at the next retry
+        assert _wait(lambda: _journaled(journal) >= max(h["seq"] for h in unjournaled), 30), \
+            _log(proc)
+    finally:
+        sub.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    err = proc.stderr.read()
+    assert "cannot be written" in err and "writable again" in err, err
+    stored = Journal(journal, reader=True)
+    seqs = [e.header["seq"] for e in stored.since(0)]
+    stored.close()
+    assert seqs == list(range(1, len(seqs) + 1))  # every event, in order, no hole
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _camera_process(port: int) -> subprocess.Popen:
+    script = os.path.join(os.path.dirname(__file__), "mjpeg_camera.py")
+    cam = subprocess.Popen([sys.executable, script, str(port), "10"], stdout=subprocess.PIPE,
+                           text=True)
+    assert cam.stdout.readline().strip() == "ready"
+    return cam
+
+
+def test_a_network_camera_killed_and_restarted_comes_back_by_itself(tmp_path, tiny_bundle):
+    import yaml
+
+    port = _free_port()
+    camera = _camera_process(port)
+    config = daemon_config(tmp_path, tiny_bundle, f"http://127.0.0.1:{port}/stream.mjpg", fps=5.0)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["capture"] = {"read_timeout_s": 2.0, "reconnect_after_s": 1.0, "backoff_max_s": 2.0}
+    config.write_text(yaml.safe_dump(cfg))
+    proc = launch(config)
+    sub = AlertSubscriber(f"ipc://{tmp_path}/pub.sock", None, topics=("status.",))
+
+    def states(until, timeout):
+        got = collect(sub, lambda g: until([m.header["state"] for m in g]), timeout)
+        return [m.header["state"] for m in got]
+
+    try:
+        assert "online" in states(lambda s: "online" in s, 90), _log(proc)
+        camera.kill()  # SIGKILL: the stream stops mid-frame, the port refuses
+        camera.wait(timeout=10)
+        assert "reconnecting" in states(lambda s: "reconnecting" in s, 30), _log(proc)
+        camera = _camera_process(port)
+        assert "online" in states(lambda s: "online" in s, 60), _log(proc)
+        assert proc.poll() is None
+    finally:
+        sub.close()
+        camera.kill()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
