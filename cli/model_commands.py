@@ -189,9 +189,11 @@ def add_export(sub) -> None:
                        "variant as one ONNX graph (uint8 NHWC RGB in; features and heatmap out), "
                        "a manifest, the weights and parity references. ONNX Runtime must "
                        "reproduce torch on real images or the export fails.")
-    p.add_argument("--checkpoint", required=True, help="run directory, .safetensors or .pt")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="run directory, .safetensors or .pt")
+    src.add_argument("--bundle", help="an exported bundle: only write its --triton-repository")
     p.add_argument("--config", help="model config for a foreign .pt")
-    p.add_argument("--out", required=True, help="bundle directory to write")
+    p.add_argument("--out", help="bundle directory to write (with --checkpoint)")
     from pathwatch.edge.models import default_settings
 
     d = default_settings()  # the defaults docs/accuracy.md chose, shared with the default model
@@ -213,10 +215,23 @@ def add_export(sub) -> None:
     p.add_argument("--precision", action="append", choices=["fp16", "fp32"],
                    help="TensorRT precision, repeatable (default fp16)")
     p.add_argument("--json", help="write the parity report(s) as JSON here")
+    p.add_argument("--triton-repository", metavar="DIR", help="also write a Triton model "
+                   "repository for the bundle (DIR/<model>/config.pbtxt, 1/model.onnx or .plan)")
+    p.add_argument("--triton-model", default="pathwatch", help="its model name (model.triton.model)")
+    p.add_argument("--triton-platform", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
+                   help="serve the ONNX graph or a TensorRT engine of the bundle (--precision)")
     p.set_defaults(func=cmd_export)
 
 
 def cmd_export(a) -> int:
+    if a.bundle:
+        from pathwatch.edge.bundle import Bundle
+        if not a.triton_repository:
+            raise UsageError("--bundle only writes a Triton repository: add --triton-repository DIR")
+        _triton_repository(Bundle.load(a.bundle), a)
+        return 0
+    if not a.out:
+        raise UsageError("--checkpoint needs --out DIR (the bundle directory to write)")
     from pathwatch.export.bundle_export import DEFAULT_PARITY_DATA, ParityFailure, export_bundle
 
     if a.k < 1:
@@ -244,7 +259,18 @@ def cmd_export(a) -> int:
         Path(a.json).write_text(json.dumps([r.to_dict() for r in reports], indent=1))
     out.print(f"bundle written to {result.bundle.root} ({result.bundle.label}); export "
               f"{result.seconds['export']:.1f} s, parity {result.seconds['parity']:.1f} s")
-    return 0 if all(r.passed for r in reports) else 1
+    passed = all(r.passed for r in reports)
+    if passed and a.triton_repository:
+        _triton_repository(result.bundle, a)
+    return 0 if passed else 1
+
+
+def _triton_repository(bundle, a) -> None:
+    from pathwatch.export.triton_repository import write_repository
+
+    where = write_repository(bundle, a.triton_repository, a.triton_model, a.triton_platform,
+                             a.max_batch, (a.precision or ["fp16"])[0])
+    out.print(f"Triton model '{a.triton_model}' written to {where} ({a.triton_platform})")
 
 
 def _build_engines(bundle, precisions, max_batch, log) -> list:

@@ -31,6 +31,33 @@ class ConfigError(ValueError):
     """One line: where, what, and how to fix it."""
 
 
+class TritonSection(Strict):
+    """model.backend: triton: the Triton Inference Server that runs the bundle's graph."""
+    url: str | None = Field(None, description="HOST:PORT of the server, no scheme (default "
+                            "localhost:8001 for grpc, localhost:8000 for http)")
+    model: str = Field("pathwatch", description="model name in the server's repository (as "
+                       "`pathwatch export --triton-repository` wrote it)")
+    protocol: Literal["grpc", "http"] = "grpc"
+    timeout_s: float = Field(5.0, gt=0.0, le=20.0, description="per request; a server that "
+                             "does not answer in time counts as gone (frames dropped, retried); "
+                             "at most 20 so a hung server never outlasts the systemd watchdog")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        m = re.fullmatch(r"([A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]):([0-9]{1,5})", v or "")
+        if v is not None and not (m and 1 <= int(m.group(2)) <= 65535):
+            raise ValueError(f"{v!r} must be HOST:PORT without a scheme (e.g. triton.lan:8001)")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", v) or v in (".", ".."):
+            raise ValueError(f"{v!r} must be a Triton model name (letters, digits, '_', '-', '.')")
+        return v
+
+
 class ModelSection(Strict):
     """Which exported model runs, and on what."""
     bundle: str = Field("default", description="'default' (the bundled model, exported on first "
@@ -42,6 +69,8 @@ class ModelSection(Strict):
                                                "engine, torch autocast, ORT GPU providers)")
     rebuild_engines: bool = Field(False, description="TensorRT: build (and check) an engine for "
                                   "this GPU when the bundle has none that matches")
+    triton: TritonSection = Field(default_factory=TritonSection, description="the server for "
+                                  "backend: triton (never chosen by auto)")
 
 
 class CalibrationSection(Strict):

@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from .alerts import AlertEvent, left_open
-from .backends import load_backend
+from .backends import BackendUnavailable, load_backend
 from .camera import AlertMessage, CalibrationPlan, Camera, CameraStats, FrameResult
 from .config import Config, load_config
 from .journal import Journal
@@ -60,6 +60,8 @@ class Daemon:
         self.cameras: dict[str, Camera] = {}
         self.started = time.time()
         self.frames_processed = 0
+        self.frames_unscored = 0  # taken from a camera, dropped: the backend was unavailable
+        self._last_unavailable_log = -float("inf")
         self.bus = NoBus()
         self.metrics = NoMetrics()
         self._curve = self._replay = None  # set by _open_bus when CURVE is on
@@ -74,7 +76,8 @@ class Daemon:
         self.backend = load_backend(self.bundle, cfg.model.backend, max_batch=cfg.model.max_batch,
                                     threads=cfg.model.threads, cache_dir=cfg.cache_path() / "engines",
                                     precision=cfg.model.precision,
-                                    rebuild_engines=cfg.model.rebuild_engines, log=log.info)
+                                    rebuild_engines=cfg.model.rebuild_engines, log=log.info,
+                                    triton=cfg.model.triton)
         self._parts.callback(self.backend.close)
         if not self.calibrate_only:
             self.bus = self._open_bus()
@@ -196,7 +199,11 @@ class Daemon:
     def _process(self, batch: list[tuple[Camera, Frame]]) -> None:
         tiles = [camera.tiles(frame) for camera, frame in batch]
         t0 = time.perf_counter()
-        feats, maps = self.backend(np.concatenate(tiles))
+        try:
+            feats, maps = self.backend(np.concatenate(tiles))
+        except BackendUnavailable as e:
+            self._unscored(batch, e)
+            return
         self.metrics.backend_call(time.perf_counter() - t0, sum(len(t) for t in tiles))
         offset = 0
         for (camera, frame), t in zip(batch, tiles):
@@ -209,6 +216,21 @@ class Daemon:
                 done, total = camera.collection_progress()
                 self.on_progress(camera.name, done if camera.collecting else total, total)
             self._publish(camera, result)
+
+    def _unscored(self, batch: list[tuple[Camera, Frame]], error: Exception) -> None:
+        """The backend's server is gone: the pass's frames are dropped and counted, the loop
+        goes on (the backend retries with back-off), and an open alert ends with the reason,
+        since no frame can end it meanwhile."""
+        self.frames_unscored += len(batch)
+        self.metrics.unscored(len(batch))
+        for camera, _ in batch:
+            ended = camera.close_alert("the backend went unavailable")
+            if ended is not None:
+                self._publish_end(ended)
+        if time.monotonic() - self._last_unavailable_log > 10.0:
+            self._last_unavailable_log = time.monotonic()
+            log.warning("backend unavailable, %d frames dropped so far: %s",
+                        self.frames_unscored, error)
 
     def _publish(self, camera: Camera, result: FrameResult) -> None:
         latency = None if result.latency_ms is None else result.latency_ms / 1000.0
@@ -248,7 +270,8 @@ class Daemon:
         stats = self.camera_stats()
         cameras = {name: st.to_dict() for name, st in stats.items()}
         self.bus.heartbeat({"uptime_s": round(time.time() - self.started, 1),
-                            "frames": self.frames_processed, "cameras": cameras})
+                            "frames": self.frames_processed,
+                            "frames_unscored": self.frames_unscored, "cameras": cameras})
         self.bus.stats({"backend": self.backend.describe(), "cameras": cameras})
         for name, st in stats.items():
             self.metrics.update_camera(name, st)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR,
+                               CollectorRegistry, Counter, Gauge, Histogram, start_http_server)
 
 if TYPE_CHECKING:
     from .camera import CameraStats
@@ -24,8 +25,8 @@ class Metrics:
         self.process_fps = Gauge("pathwatch_process_fps", "Frames per second scored", cam, registry=r)
         self.skipped_fps = Gauge("pathwatch_skipped_fps", "Frames per second read but skipped (fps cap)", cam, registry=r)
         self.frames = Counter("pathwatch_frames_processed", "Frames scored", cam, registry=r)
-        self.dropped = Gauge("pathwatch_frames_dropped", "Frames dropped from the capture queue", cam, registry=r)
-        self.reconnects = Gauge("pathwatch_reconnects", "Camera reconnections", cam, registry=r)
+        self.dropped = Counter("pathwatch_frames_dropped", "Frames dropped from the capture queue", cam, registry=r)
+        self.reconnects = Counter("pathwatch_reconnects", "Camera reconnections", cam, registry=r)
         self.online = Gauge("pathwatch_camera_online", "1 when the camera's source delivers frames", cam, registry=r)
         self.score = Gauge("pathwatch_score", "Last frame score (standardised)", cam, registry=r)
         self.threshold = Gauge("pathwatch_threshold", "Alert threshold", cam, registry=r)
@@ -37,13 +38,19 @@ class Metrics:
         self.inference = Histogram("pathwatch_inference_seconds", "Backend call duration (all tiles "
                                    "of a pass)", buckets=LATENCY_BUCKETS, registry=r)
         self.tiles = Counter("pathwatch_tiles_inferred", "Tiles sent to the backend", registry=r)
+        self.frames_unscored = Counter("pathwatch_frames_unscored", "Frames taken but not "
+                                       "scored: the backend (its server) was unavailable",
+                                       registry=r)
         self.journal_ok = Gauge("pathwatch_journal_ok", "1 while alert events are being written "
                                 "to the journal", registry=r)
         self.unjournaled = Gauge("pathwatch_journal_unwritten_events", "Alert events published "
                                  "and kept in memory because the journal cannot be written",
                                  registry=r)
-        self.journal_lost = Gauge("pathwatch_journal_lost_events", "Alert events that could not "
-                                  "be journaled and no longer fit in memory", registry=r)
+        self.journal_lost = Counter("pathwatch_journal_lost_events", "Alert events that could "
+                                    "not be journaled and no longer fit in memory", registry=r)
+        for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(standard)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
+        self._totals: dict[tuple[str, str], float] = {}  # last running totals seen
         self.server = None
 
     def serve(self, host: str, port: int) -> int:
@@ -59,6 +66,9 @@ class Metrics:
         self.inference.observe(seconds)
         self.tiles.inc(tiles)
 
+    def unscored(self, frames: int) -> None:
+        self.frames_unscored.inc(frames)
+
     def frame(self, camera: str, latency_s: float | None) -> None:
         self.frames.labels(camera).inc()
         if latency_s is not None:
@@ -71,8 +81,8 @@ class Metrics:
         self.camera_fps.labels(name).set(stats.camera_fps)
         self.process_fps.labels(name).set(stats.process_fps)
         self.skipped_fps.labels(name).set(stats.skipped_fps)
-        self.dropped.labels(name).set(stats.dropped)
-        self.reconnects.labels(name).set(stats.reconnects)
+        self._advance(self.dropped, name, stats.dropped)
+        self._advance(self.reconnects, name, stats.reconnects)
         self.online.labels(name).set(1.0 if stats.online else 0.0)
         if stats.score is not None:
             self.score.labels(name).set(stats.score)
@@ -81,10 +91,19 @@ class Metrics:
         if stats.p_normal is not None:
             self.p_normal.labels(name).set(stats.p_normal)
 
+    def _advance(self, counter: Counter, name: str, total: float) -> None:
+        """A counter from a running total kept elsewhere (a capture thread's count, which
+        starts again at 0 when the camera is rebuilt on reload)."""
+        key = (str(id(counter)), name)
+        last = self._totals.get(key, 0.0)
+        counter.labels(name).inc(total - last if total >= last else total)
+        self._totals[key] = total
+
     def journal(self, state: dict) -> None:
         self.journal_ok.set(1.0 if state["ok"] else 0.0)
         self.unjournaled.set(state["unjournaled"])
-        self.journal_lost.set(state["lost"])
+        self.journal_lost.inc(max(0, state["lost"] - self._totals.get(("lost", ""), 0)))
+        self._totals[("lost", "")] = state["lost"]
 
     def close(self) -> None:
         if self.server is not None:
@@ -100,6 +119,9 @@ class NoMetrics:
         pass
 
     def frame(self, camera: str, latency_s: float | None) -> None:
+        pass
+
+    def unscored(self, frames: int) -> None:
         pass
 
     def alert(self, camera: str, state: str) -> None:

@@ -333,6 +333,17 @@ def open_capture(spec: SourceSpec, *, open_timeout_s: float = 10.0, read_timeout
 
 
 # ---------------------------------------------------------------------- the capture thread
+def quiet_native_logs() -> None:
+    """OpenCV and FFmpeg print their own lines on every failed open or reconnect ("[tcp @
+    0x...] Connection refused", "[ WARN:0@...] ..."), outside pathwatch's log format and JSON
+    logging; each camera's status line says the same once. Silenced unless the user asked for
+    them (OPENCV_LOG_LEVEL, OPENCV_FFMPEG_LOGLEVEL in the environment); FFmpeg reads its level
+    when its backend first opens, so this runs before any capture does."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        cv2.setLogLevel(2)  # errors only: no warnings on a failed open
+
+
 class CameraSource:
     """Runs one camera in a thread; the frame loop takes frames with `latest()` or `get()`.
 
@@ -351,6 +362,7 @@ class CameraSource:
             raise SourceError(f"on_end {on_end!r} is not valid; use loop or stop")
         if fps is not None and not fps > 0:
             raise SourceError(f"fps cap {fps} must be positive (or None for every frame)")
+        quiet_native_logs()
         self.name = name
         self.spec = spec if isinstance(spec, SourceSpec) else parse_source(spec)
         self.fps_cap = fps

@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import yaml
 
 from pathwatch.edge.alerts import AlertPolicy, AlertTracker
 from pathwatch.edge.backends import KINDS
@@ -58,6 +59,31 @@ def test_default_config_comments_every_key():
         # A comment on the key's own line, or on the line just above it.
         assert "#" in line or lines[number - 2].lstrip().startswith("#"), \
             f"default.yaml:{number} has no comment: {line!r}"
+
+
+def test_default_config_lists_every_key_of_the_schema():
+    """It says it lists every key: each section's keys, nested ones included."""
+    listed = yaml.safe_load((CONFIGS / "default.yaml").read_text())
+    schema = config_schema()
+
+    def keys(node, defs):
+        if "$ref" in node:
+            node = defs[node["$ref"].split("/")[-1]]
+        for option in node.get("anyOf", []):
+            if "$ref" in option:
+                node = defs[option["$ref"].split("/")[-1]]
+        return node.get("properties", {}), node
+
+    def walk(node, have, where):
+        props, _ = keys(node, schema.get("$defs", {}))
+        for name, sub in props.items():
+            if name == "cameras":
+                continue  # a list of cameras, each documented by the demo camera's comments
+            assert isinstance(have, dict) and name in have, f"default.yaml lacks {where}{name}"
+            if keys(sub, schema.get("$defs", {}))[0]:
+                walk(sub, have[name], f"{where}{name}.")
+
+    walk(schema, listed, "")
 
 
 @pytest.mark.parametrize("name", ["usb_camera.yaml", "rtsp_cameras.yaml", "video_file.yaml"])
@@ -238,7 +264,7 @@ def test_unknown_key_with_no_close_match_lists_known_keys():
      model:
        backend: cuda
      """), "pathwatch.yaml:2: model.backend: must be 'auto', 'onnxruntime', "
-                       "'tensorrt' or 'torch' (got 'cuda')"),
+                       "'tensorrt', 'torch' or 'triton' (got 'cuda')"),
     (with_camera("""\
      model:
        threads: two

@@ -130,7 +130,10 @@ def test_sigterm_publishes_offline_and_keeps_the_journal(tmp_path, tiny_bundle, 
         time.sleep(2.5)  # a heartbeat or two refresh the gauges
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         for name in ("pathwatch_camera_fps{camera=\"cam\"}", "pathwatch_process_fps{camera=\"cam\"}",
-                     "pathwatch_inference_seconds_bucket", "pathwatch_frames_processed_total{camera=\"cam\"}"):
+                     "pathwatch_inference_seconds_bucket", "pathwatch_frames_processed_total{camera=\"cam\"}",
+                     "pathwatch_frames_dropped_total{camera=\"cam\"}",  # counters, not gauges
+                     "pathwatch_reconnects_total{camera=\"cam\"}", "process_resident_memory_bytes",
+                     "process_open_fds"):
             assert name in text, name
         proc.send_signal(signal.SIGTERM)
         tail = collect(sub, lambda g: any(m.header.get("state") == "offline" for m in g), 15)

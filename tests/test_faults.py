@@ -394,3 +394,19 @@ def test_a_network_camera_killed_and_restarted_comes_back_by_itself(tmp_path, ti
         camera.kill()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
+
+
+def test_a_dead_network_camera_is_reported_in_pathwatchs_log_only(tmp_path, tiny_bundle):
+    """No raw OpenCV/FFmpeg lines on each failed open: the camera's status says it once."""
+    port = _free_port()  # nothing listens there
+    config = daemon_config(tmp_path, tiny_bundle, f"http://127.0.0.1:{port}/stream.mjpg")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCV_")}
+    proc = subprocess.Popen([sys.executable, "-m", "pathwatch.cli", "run", "--config", str(config),
+                             "--duration", "12"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "camera cam: reconnecting" in err or "camera cam: connecting" in err, err
+    raw = [line for line in (out + err).splitlines()
+           if line.startswith(("[tcp @", "[http @", "[ WARN", "[ERROR"))]
+    assert raw == [], raw

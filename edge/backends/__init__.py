@@ -1,4 +1,5 @@
-"""Backends run a bundle's pipeline graph: onnxruntime, tensorrt or torch, chosen by config.
+"""Backends run a bundle's pipeline graph: onnxruntime, tensorrt, torch, or a Triton server,
+chosen by config (`auto` never picks triton: it needs a server named in the config).
 
 `auto` takes the fastest one this machine can run and says why; every choice is logged, so a
 device that quietly fell back to the CPU is visible in the first lines of the log.
@@ -11,8 +12,9 @@ from dataclasses import dataclass, field
 
 from ..bundle import Bundle
 from .base import Backend, BackendError
+from .triton_backend import BackendUnavailable, TritonBackend
 
-KINDS = ("auto", "onnxruntime", "tensorrt", "torch")
+KINDS = ("auto", "onnxruntime", "tensorrt", "torch", "triton")
 
 
 @dataclass
@@ -82,8 +84,9 @@ def choose(requested: str, caps: Capabilities) -> tuple[str, str]:
 def load_backend(bundle: Bundle, kind: str = "auto", *, max_batch: int = 64,
                  threads: int | None = None, cache_dir=None, precision: str = "fp16",
                  rebuild_engines: bool = False, warmup: bool = True, log=print,
-                 caps: Capabilities | None = None) -> Backend:
-    """`caps`: what `auto` may choose from (default: probe this machine)."""
+                 caps: Capabilities | None = None, triton=None) -> Backend:
+    """`caps`: what `auto` may choose from (default: probe this machine). `triton`: the
+    model.triton settings (url, model, protocol, timeout_s), a mapping or the config section."""
     caps = caps or (probe() if kind == "auto" else Capabilities())
     name, reason = choose(kind, caps)
     if kind == "auto" and name == "tensorrt":
@@ -101,6 +104,8 @@ def load_backend(bundle: Bundle, kind: str = "auto", *, max_batch: int = 64,
                                               fp16=precision == "fp16")
     elif name == "tensorrt":
         backend = _tensorrt(bundle, max_batch, cache_dir, precision, rebuild_engines, log)
+    elif name == "triton":
+        backend = TritonBackend(bundle, max_batch, **dict(triton or {}))
     else:
         from .torch_backend import TorchBackend
         backend = TorchBackend(bundle, max_batch, fp16=precision == "fp16", threads=threads)
@@ -125,4 +130,5 @@ def _loaded(backend: Backend, reason: str, warmup: bool, log) -> Backend:
     return backend
 
 
-__all__ = ["Backend", "BackendError", "Capabilities", "KINDS", "choose", "load_backend", "probe"]
+__all__ = ["Backend", "BackendError", "BackendUnavailable", "Capabilities", "KINDS", "choose",
+           "load_backend", "probe"]
