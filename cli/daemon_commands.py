@@ -1,4 +1,4 @@
-"""The daemon's subcommands: run, calibrate, feedback, tail, view, keys, config.
+"""The daemon's subcommands: run, calibrate, feedback, tail, view, forward, keys, config.
 No torch is imported here."""
 from __future__ import annotations
 
@@ -134,8 +134,9 @@ def add_calibrate(sub) -> None:
                        description="Collect normal frames from one camera, fit its per-tile "
                        "densities, choose the threshold for calibration.false_alarms_per_hour from "
                        "out-of-fold scores, and write the calibration JSON.")
-    p.add_argument("--camera", required=True)
-    p.add_argument("--config")
+    p.add_argument("--camera", required=True, help="the camera's name in the config")
+    p.add_argument("--config", help="config file (default: $PATHWATCH_CONFIG, else "
+                   "configs/default.yaml)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--frames", type=whole(1), help="normal frames to collect")
     size.add_argument("--seconds", type=positive_seconds, help="scene seconds to collect (default "
@@ -226,12 +227,30 @@ def _describe_existing(path: Path) -> str | None:
 
 # ----------------------------------------------------------------------------------- tail
 def add_tail(sub) -> None:
-    p = sub.add_parser("tail", help="print alert events as JSON lines (fills gaps by replay)")
+    p = sub.add_parser("tail", help="print alert events as JSON lines (fills gaps by replay)",
+                       description="Print events as JSON lines, one per event, filling any gap "
+                       "from the journal through the replay endpoint.")
     _add_client_args(p)
+    p.add_argument("--daemon", action="append", type=_upstream, metavar="PUB,REPLAY",
+                   help="follow this daemon (repeat for several; each fills its own gaps); "
+                   "replaces --connect/--replay")
     p.add_argument("--since", type=whole(0), help="first replay every event after this seq")
-    p.add_argument("--topic", action="append", help="topic prefixes (default alert.)")
+    p.add_argument("--topic", action="append", help="topic prefixes (default alert.; e.g. "
+                   "status., heartbeat, score.)")
     p.add_argument("--count", type=whole(1), help="exit after this many events")
+    p.add_argument("--save", metavar="DIR", help="also write each event's attachments (snapshot, "
+                   "heatmap, overlay) to DIR/<camera>/<alert_id>/<seq>-<name>")
     p.set_defaults(func=cmd_tail)
+
+
+def _upstream(text: str):
+    import argparse
+
+    from pathwatch.edge.fanin import parse_upstream
+    try:
+        return parse_upstream(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _client_address(bind: str) -> str:
@@ -276,19 +295,85 @@ def _add_client_args(p) -> None:
 def cmd_tail(a) -> int:
     from pathwatch.edge.subscriber import tail_main
 
-    pub, replay, secure = _endpoints(a)
+    if a.daemon and (a.connect or a.replay):
+        raise ValueError("give either --daemon (one or more) or --connect/--replay, not both")
+    if a.daemon:
+        pub, replay, secure = None, None, _client_security(a, find_config(a.config)[0]
+                                                           if a.config else None)
+    else:
+        pub, replay, secure = _endpoints(a)
+    topics, fleet = tuple(a.topic or ["alert."]), None
+    if a.daemon:
+        from pathwatch.edge.fanin import FleetSubscriber
+        fleet = FleetSubscriber(a.daemon, topics, a.since, secure=secure)
+        pub = ", ".join(d.pub for d in a.daemon)
     try:
-        return tail_main(pub, replay, a.since, tuple(a.topic or ["alert."]), stop_after=a.count,
-                         secure=secure) or 0
+        return tail_main(pub, replay, a.since, topics, stop_after=a.count, secure=secure,
+                         save_dir=a.save, subscriber=fleet) or 0
     except BrokenPipeError:  # `pathwatch tail | head` is normal use
         return 0
 
 
 # ----------------------------------------------------------------------------------- view
 def add_view(sub) -> None:
-    p = sub.add_parser("view", help="live terminal view of a running daemon")
+    p = sub.add_parser("view", help="live terminal view of a running daemon",
+                       description="Per camera: state, frame rates, latency, score against "
+                       "threshold, the tile grid; recent alerts. Keys: n/tab next camera, a all, "
+                       "p pause, q quit.")
     _add_client_args(p)
     p.set_defaults(func=cmd_view)
+
+
+# -------------------------------------------------------------------------------- forward
+def add_forward(sub) -> None:
+    p = sub.add_parser("forward", help="one endpoint pair for many daemons (live and replay)",
+                       description="Connect to several daemons and re-publish their streams on "
+                       "one publisher address, with one replay endpoint that asks every daemon: "
+                       "subscribers (tail, view, bridge) use it as if it were one daemon. Camera "
+                       "names must be unique across the daemons.")
+    p.add_argument("--upstream", action="append", required=True, type=_upstream,
+                   metavar="PUB,REPLAY", help="a daemon's publisher and replay addresses "
+                   "(repeat for each daemon)")
+    p.add_argument("--bind", default="tcp://127.0.0.1:6556", type=_endpoint,
+                   help="where subscribers connect for the live stream (default %(default)s)")
+    p.add_argument("--replay-bind", default="tcp://127.0.0.1:6557", type=_endpoint,
+                   help="where subscribers ask for missed events (default %(default)s)")
+    p.add_argument("--duration", type=positive_seconds, help="stop after this many seconds")
+    p.add_argument("--server-key", help="CURVE towards the daemons: their public key file")
+    p.add_argument("--client-key", help="CURVE towards the daemons: this forwarder's secret "
+                   "key file")
+    p.set_defaults(func=cmd_forward)
+
+
+def _endpoint(text: str) -> str:
+    import argparse
+
+    from pathwatch.edge.config import check_endpoint
+    try:
+        return check_endpoint(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def cmd_forward(a) -> int:
+    import signal
+    import threading
+
+    from pathwatch.edge.fanin import Forwarder
+
+    secure = _client_security(a, None)
+    fwd = Forwarder(a.upstream, a.bind, a.replay_bind, secure_client=secure)
+    fwd.start()
+    console.print(f"forwarding {len(a.upstream)} daemons on {fwd.endpoint}, replay on "
+                  f"{fwd.replay_endpoint}", highlight=False)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait(a.duration)
+    fwd.stop()
+    console.print(f"forwarded {fwd.forwarded} messages, answered {fwd.replays} replay requests",
+                  highlight=False)
+    return 0
 
 
 def cmd_view(a) -> int:
@@ -325,7 +410,7 @@ def add_keys(sub) -> None:
     p = sub.add_parser("keys", help="CURVE key pairs for the publisher and its clients")
     ksub = p.add_subparsers(dest="keys_command", required=True)
     g = ksub.add_parser("generate", help="write NAME.key (public) and NAME.key_secret (mode 600)")
-    g.add_argument("directory")
+    g.add_argument("directory", help="where to write the pair (created if missing)")
     g.add_argument("--name", required=True, type=plain_name,
                    help="e.g. server, or a client's name (a file name, no path)")
     g.set_defaults(func=cmd_keys_generate)
@@ -402,5 +487,6 @@ def cmd_config_schema(a) -> int:
 
 
 def register(sub) -> None:
-    for add in (add_run, add_calibrate, add_feedback, add_tail, add_view, add_keys, add_config):
+    for add in (add_run, add_calibrate, add_feedback, add_tail, add_view, add_forward, add_keys,
+                add_config):
         add(sub)

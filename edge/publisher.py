@@ -400,8 +400,8 @@ class AlertBus:
 
     def stats(self, payload: dict) -> None:
         """Per-camera figures on the `stats` topic (not journaled)."""
-        self.publisher.send("stats", {"schema": SCHEMA, "kind": "stats", "camera": None,
-                                      **payload})
+        self.publisher.send("stats", {"schema": SCHEMA, "kind": "stats", "time": iso_now(),
+                                      "camera": None, **payload})
 
     def prune(self, max_age_s: float, max_events: int) -> int:
         """Journal retention; returns how many events were removed (0 while it fails)."""

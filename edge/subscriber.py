@@ -15,9 +15,11 @@ costs one timeout, not one per message.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import zmq
@@ -293,23 +295,46 @@ def tail_line(m: Message) -> str:
                        "attachment_bytes": [len(a) for a in m.attachments]})
 
 
+def save_attachments(m: Message, directory: Path) -> list[Path]:
+    """An event's attachments as files: DIR/<camera>/<alert_id>/<seq>-<name>. Names from the
+    stream are reduced to plain file names, so no message can write outside DIR."""
+    names = m.header.get("attachments") or []
+    if not m.attachments or len(names) != len(m.attachments):
+        return []
+    plain = [re.sub(r"[^\w.-]", "_", str(x)).lstrip(".") or "_" for x in
+             (m.header.get("camera"), m.header.get("alert_id"))]
+    folder = directory.joinpath(*plain)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, blob in zip(names, m.attachments):
+        path = folder / (f"{m.header.get('seq', 0)}-" + re.sub(r"[^\w.-]", "_", str(name)))
+        path.write_bytes(blob)
+        paths.append(path)
+    return paths
+
+
 def tail_main(pub: str, replay: str | None, since: int | dict | None = None,
               topics=("alert.",), out=None, stop_after: int | None = None,
               timeout_s: float | None = None, secure=None, err=None,
-              silent_after_s: float = 5.0) -> int:
+              silent_after_s: float = 5.0, save_dir: str | Path | None = None,
+              subscriber=None) -> int:
     """`pathwatch tail`: print each event as one JSON line and flush. `stop_after`: exit after
     that many stream events (`missed` notices are printed but not counted); `timeout_s`: exit
     after that long without a message. While nothing (not even a heartbeat) is heard for
-    `silent_after_s`, one notice goes to `err` (stderr), so stdout stays JSON only. Returns
-    the exit status (0)."""
+    `silent_after_s`, one notice goes to `err` (stderr), so stdout stays JSON only.
+    `save_dir`: also write each event's attachments there; `subscriber`: one already made
+    (an edge.fanin.FleetSubscriber following several daemons) instead of `pub`/`replay`.
+    Returns the exit status (0)."""
     out, err = out or sys.stdout, err or sys.stderr
-    sub = AlertSubscriber(pub, replay, topics, since, secure=secure)
+    sub = subscriber or AlertSubscriber(pub, replay, topics, since, secure=secure)
     n, warned = 0, False
     try:
         if stop_after is not None and stop_after <= 0:
             return 0
         while timeout_s is None or sub.silent_s() < timeout_s:
             for m in sub.events(timeout_s=0.5):
+                if save_dir is not None:
+                    save_attachments(m, Path(save_dir))
                 out.write(tail_line(m) + "\n")
                 out.flush()
                 if m.header.get("kind") != "missed":

@@ -14,20 +14,20 @@ import sys
 from pathlib import Path
 
 from pathwatch.edge.bundle import Bundle
-from pathwatch.edge.models import SHIPPED, SHIPPED_FILES, default_settings, default_spec, default_weights
+from pathwatch.edge.models import SHIPPED, SHIPPED_FILES, default_weights
 
 from .bundle_export import export_bundle
 from .checkpoint import load_checkpoint
+from .defaults import DEFAULTS
 from .features import FeatureSpec
 from .schedule import ReducedSchedule
 
 
 def export_default(out: str | Path, parity_n: int = 64, log=print) -> Bundle:
-    s = default_settings()
     weights = default_weights()
-    spec = FeatureSpec(**default_spec(s))
+    spec = FeatureSpec(**DEFAULTS.spec())  # the defaults `pathwatch eval` and `export` use too
     cfg = load_checkpoint(weights).config
-    sched = ReducedSchedule(cfg.noise_schedule, cfg.diffusion_steps, tuple(s["timesteps"]))
+    sched = ReducedSchedule(cfg.noise_schedule, cfg.diffusion_steps, DEFAULTS.timesteps)
     return export_bundle(weights, out, spec, sched, parity_n=parity_n, log=log).bundle
 
 
