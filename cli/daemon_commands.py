@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.markup import escape
 
 from pathwatch.edge.backends import KINDS as BACKENDS  # no torch, no onnxruntime: names only
-from .console import console, out, plain_name, positive_seconds, whole
+from .console import console, one_line, out, plain_name, positive_seconds, whole
 
 REPO_DEFAULT = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -438,9 +438,17 @@ def add_config(sub) -> None:
 def cmd_config_check(a) -> int:
     from rich.table import Table
 
-    from pathwatch.edge.config import config_summary, load_config
+    from pathwatch.edge.config import ConfigError, config_summary, load_config
 
-    config = load_config(a.file, check_sources=True)
+    try:
+        config = load_config(a.file, check_sources=True)
+    except ConfigError as e:
+        if len(e.problems) == 1:
+            raise
+        console.print(f"[red]pathwatch config: {len(e.problems)} problems:[/]", highlight=False)
+        for problem in e.problems:  # each its own line: a report, not a log line
+            console.print(f"  {escape(one_line(problem))}", highlight=False, soft_wrap=True)
+        return 2
     t = Table(title=f"{a.file}: valid", show_header=False)
     for k, v in config_summary(config):
         t.add_row(k, v)

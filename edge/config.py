@@ -28,7 +28,18 @@ NAME_PATTERN = r"[A-Za-z0-9_-]{1,32}"
 
 
 class ConfigError(ValueError):
-    """One line: where, what, and how to fix it."""
+    """One line: where, what, and how to fix it. `problems` holds every problem found (the
+    line shows the first three); `config check` lists them all."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = problems or [message]
+
+
+def _joined(problems: list[str]) -> str:
+    more = f"; and {len(problems) - 3} more (pathwatch config check lists them all)" \
+        if len(problems) > 3 else ""
+    return "; ".join(problems[:3]) + more
 
 
 class TritonSection(Strict):
@@ -328,12 +339,19 @@ def parse_config(text: str, source_name: str = "<string>", base_dir: Path | None
                           f"(cameras:, model:, ...), not a {type(data).__name__}")
     lines = _line_index(node, source_name)
     secrets: list[str] = []
-    data = _substitute_env(data, (), source_name, lines, secrets)
+    unset: dict[tuple, str] = {}  # key path -> the problem: ${VAR} not set
+    data = _substitute_env(data, (), source_name, lines, secrets, unset)
     _check_camera_names(data, source_name, lines)
     try:
         config = Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_scrub(_describe_errors(e, source_name, lines), secrets)) from None
+        # A value still holding ${VAR} is reported as unset, not also as a wrong value.
+        problems = list(unset.values()) + _describe_errors(e, source_name, lines, skip=unset)
+        problems = [_scrub(p, secrets) for p in problems]
+        raise ConfigError(_joined(problems), problems) from None
+    if unset:
+        problems = list(unset.values())
+        raise ConfigError(_joined(problems), problems)
     if base_dir is not None:
         _resolve_paths(config, Path(base_dir))
     if check_sources:
@@ -459,12 +477,16 @@ def _line_for(lines: dict, path: tuple) -> str:
     return f":{lines[path]}" if path in lines else ""
 
 
-def _substitute_env(value: Any, path: tuple, source: str, lines: dict, secrets: list[str]) -> Any:
-    """Replace ${VAR} / ${VAR:-default} in string values; remember what was put in (to scrub)."""
+def _substitute_env(value: Any, path: tuple, source: str, lines: dict, secrets: list[str],
+                    unset: dict[tuple, str]) -> Any:
+    """Replace ${VAR} / ${VAR:-default} in string values; remember what was put in (to scrub)
+    and, in `unset`, each variable that is not set (its value is left as written)."""
     if isinstance(value, dict):
-        return {k: _substitute_env(v, path + (k,), source, lines, secrets) for k, v in value.items()}
+        return {k: _substitute_env(v, path + (k,), source, lines, secrets, unset)
+                for k, v in value.items()}
     if isinstance(value, list):
-        return [_substitute_env(v, path + (i,), source, lines, secrets) for i, v in enumerate(value)]
+        return [_substitute_env(v, path + (i,), source, lines, secrets, unset)
+                for i, v in enumerate(value)]
     if not isinstance(value, str) or "${" not in value:
         return value
 
@@ -475,8 +497,9 @@ def _substitute_env(value: Any, path: tuple, source: str, lines: dict, secrets: 
             return os.environ[name]
         if default is not None:
             return default
-        raise ConfigError(f"{source}{_line_for(lines, path)}: {_fmt_path(path)}: environment "
-                          f"variable {name} is not set (export it, or write ${{{name}:-default}})")
+        unset[path] = (f"{source}{_line_for(lines, path)}: {_fmt_path(path)}: environment "
+                       f"variable {name} is not set (export it, or write ${{{name}:-default}})")
+        return m.group(0)
     return ENV_PATTERN.sub(repl, value)
 
 
@@ -524,21 +547,24 @@ def _known_keys(loc: tuple) -> list[str]:
 _UNION_TAGS = {"int", "str"}
 
 
-def _describe_errors(e: ValidationError, source: str, lines: dict) -> str:
-    """Up to three errors, each `FILE:LINE: key.path: problem (hint)`, joined with '; ' (the
-    whole message stays one line, for logs and systemd's status)."""
+def _describe_errors(e: ValidationError, source: str, lines: dict,
+                     skip: dict | None = None) -> list[str]:
+    """Every error, each `FILE:LINE: key.path: problem (hint)` (joined with '; ' the message
+    stays one line, for logs and systemd's status); none under a path in `skip`."""
     parts, seen = [], set()
     # An unknown key first: a misspelt key also makes the intended one "missing".
     errors = sorted(e.errors(), key=lambda err: err["type"] != "extra_forbidden")
     for err in errors:
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+        if skip and any(loc[:len(p)] == p for p in skip):
+            continue
         text = _describe(err, source, lines)
         where = text.split(": ", 2)[:2]
         if tuple(where) in seen:  # one line per key (unions report each member)
             continue
         seen.add(tuple(where))
         parts.append(text)
-    more = f"; and {len(parts) - 3} more" if len(parts) > 3 else ""
-    return "; ".join(parts[:3]) + more
+    return parts
 
 
 def _describe(err: dict, source: str, lines: dict) -> str:

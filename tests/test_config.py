@@ -165,6 +165,37 @@ def test_sources_and_paths_that_can_never_work_are_refused_before_the_model(tmp_
     assert "\n" not in str(e.value)
 
 
+def test_config_check_lists_every_problem_and_an_unset_variable_hides_none(tmp_path, capsys,
+                                                                          monkeypatch):
+    from pathwatch.cli import main
+
+    monkeypatch.delenv("NO_SUCH_PASSWORD", raising=False)
+    path = tmp_path / "c.yaml"
+    path.write_text(textwrap.dedent("""\
+        model:
+          backend: cuda
+          max_batch: -1
+        alerts:
+          quiet_s: -2
+        publisher:
+          bind: nowhere
+        cameras:
+          - name: a
+            source: rtsp://admin:${NO_SUCH_PASSWORD}@cam/stream
+            tiles: [0, 3]
+        """))
+    assert main(["config", "check", str(path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].endswith("6 problems:"), lines
+    for where in ("cameras[0].source: environment variable NO_SUCH_PASSWORD is not set",
+                  "model.backend", "model.max_batch", "alerts.quiet_s", "publisher.bind",
+                  "cameras[0].tiles"):
+        assert sum(where in line for line in lines[1:]) == 1, (where, lines)
+    with pytest.raises(ConfigError) as e:  # what run and the log say: one line, the first three
+        load_config(path)
+    assert "\n" not in str(e.value) and "and 3 more (pathwatch config check lists them all)" in str(e.value)
+
+
 def test_keys_and_journal_that_run_would_refuse_are_refused_by_config_check(tmp_path, capsys):
     from pathwatch.cli import main
 
