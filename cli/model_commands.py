@@ -2,10 +2,79 @@
 their handlers, so the daemon's commands work on a device without torch."""
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import time
 from pathlib import Path
 
-from .console import UsageError, console, out, print_mapping, progress
+from .console import UsageError, console, out, print_mapping, progress, whole
+
+VARIANTS = ("diffpath6d", "diffpath1d", "6d+ssim", "amplified-eps", "error/inversion",
+            "error/forward")
+# The options that choose the path and its features, shared by eval and export.
+PATH_OPTIONS = ("variant", "k", "placement", "timesteps", "lam", "ssim_sigma")
+
+
+def given_options(a) -> set[str]:
+    """The options (dests) the user gave on the command line, as opposed to their defaults."""
+    return set(getattr(a, "given_options", ()))
+
+
+def _note_given(namespace, dest: str) -> None:
+    namespace.given_options = given_options(namespace) | {dest}
+
+
+class _Store(argparse.Action):
+    """store, noting that the option was given."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        _note_given(namespace, self.dest)
+
+
+class _Append(argparse.Action):
+    """append, noting that the option was given; its first use replaces the default list."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        before = getattr(namespace, self.dest) if self.dest in given_options(namespace) else []
+        setattr(namespace, self.dest, [*before, values])
+        _note_given(namespace, self.dest)
+
+
+def add_path_options(p, repeatable_variant: bool) -> None:
+    """--variant, --k, --placement, --timesteps, --lam, --ssim-sigma with the one set of
+    defaults (pathwatch.export.defaults: the embedded default model's, chosen by
+    docs/accuracy.md), so eval and export measure and ship the same thing."""
+    from pathwatch.export.defaults import DEFAULTS as d
+
+    names = ", ".join(VARIANTS)
+    if repeatable_variant:
+        p.add_argument("--variant", action=_Append, default=[d.variant],
+                       help=f"feature variant, repeatable: {names}, or 'all' (default {d.variant})")
+    else:
+        p.add_argument("--variant", action=_Store, default=d.variant,
+                       help=f"feature variant: {names} (default {d.variant})")
+    p.add_argument("--k", type=whole(1), action=_Store, default=d.k,
+                   help=f"number of DDIM steps (default {d.k})")
+    p.add_argument("--placement", choices=["uniform", "quadratic"], action=_Store,
+                   default=d.placement, help="where the K steps go: uniform (ddimK striding) or "
+                   f"quadratic (t_i = T (i/K)^2, nearer the clean image); default {d.placement} "
+                   f"(with the default K: t = {', '.join(map(str, d.timesteps))} of 1000)")
+    p.add_argument("--timesteps", action=_Store,
+                   help="explicit comma-separated timestep list instead of --k and --placement")
+    p.add_argument("--lam", type=float, action=_Store, default=d.lam,
+                   help=f"SSIM amplification lambda (default {d.lam:g})")
+    p.add_argument("--ssim-sigma", type=float, action=_Store, default=d.ssim_sigma,
+                   help=f"SSIM Gaussian window sigma (default {d.ssim_sigma:g})")
+
+
+def bundle_cache_dir() -> Path:
+    """Where `--bundle default` installs the embedded default model: where `pathwatch run`
+    does with no cache_dir set ($CACHE_DIRECTORY, else ~/.cache/pathwatch)."""
+    first = os.environ.get("CACHE_DIRECTORY", "").split(":")[0]  # systemd may list several
+    return Path(first or "~/.cache/pathwatch").expanduser()
+
 
 # ---------------------------------------------------------------------------------- train
 def add_train(sub) -> None:
@@ -19,7 +88,9 @@ def add_train(sub) -> None:
                    "instead of a preset")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--minutes", type=float, help="stop after this much training time")
+    p.add_argument("--minutes", type=float, help="wall-clock budget for the whole command "
+                   "(loading, training, saves and the samples grid): training stops early "
+                   "enough for the final save and samples to fit")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--ema-rate", type=float, default=0.999)
@@ -32,6 +103,9 @@ def add_train(sub) -> None:
 
 
 def cmd_train(a) -> int:
+    started = time.monotonic()  # the --minutes budget counts from here
+    if a.minutes is not None and not a.minutes > 0:
+        raise UsageError(f"--minutes {a.minutes:g}: the budget must be above 0")
     from pathwatch.export.checkpoint import read_config_file
     from pathwatch.export.train import Trainer, TrainSettings
     from pathwatch.export.unet import ModelConfig, preset_config
@@ -52,19 +126,25 @@ def cmd_train(a) -> int:
     else:
         cfg = read_config_file(a.config) if a.config else preset_config(a.model, a.image_size)
     settings.image_size = cfg.image_size
-    trainer = Trainer(settings, cfg, resume=a.resume)
+    trainer = Trainer(settings, cfg, resume=a.resume, started=started)
+    budget = f" (budget {a.minutes:g} min, loading included)" if a.minutes else ""
     console.print(f"training {trainer.parameters:,} parameters on {len(trainer.data):,} images "
-                  f"from [bold]{a.data}[/] -> {out_dir}")
+                  f"from [bold]{a.data}[/] -> {out_dir}{budget}", highlight=False)
     with progress() as prog:
         task = prog.add_task("train", total=a.steps, completed=trainer.state.step, info="")
 
         def on_step(st, loss):
+            left = trainer.budget_left()
             prog.update(task, completed=st.step,
-                        info=f"loss {loss:.4f}  {st.images_per_second:.0f} img/s")
+                        info=f"loss {loss:.4f}  {st.images_per_second:.0f} img/s"
+                        + ("" if left is None else f"  {max(left, 0):.0f} s of budget left"))
         state = trainer.run(on_step)
-    preview = trainer.save_preview()
-    info = trainer.save()
+        samples = prog.add_task("samples.png", total=trainer.preview_steps, info="EMA, DDIM")
+        preview = trainer.save_preview(
+            on_step=lambda done, total: prog.update(samples, completed=done))
+    info = trainer.info  # written by the run's final save
     summary = {"out": str(out_dir), "steps": state.step, "seconds": round(state.seconds, 1),
+               "wall_seconds": round(time.monotonic() - started, 1),
                "images_per_second": info["images_per_second"], "final_loss": info["final_loss"],
                "parameters": info["parameters"], "ema_sha256": info["ema_sha256"],
                "preview": str(preview)}
@@ -82,21 +162,14 @@ def add_eval(sub) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint",
                      help="run directory, .safetensors, or a foreign improved-diffusion .pt")
-    src.add_argument("--bundle", help="an exported bundle directory (runs its graph on an edge "
-                     "backend; variant and schedule come from the bundle)")
+    src.add_argument("--bundle", help="an exported bundle directory, or 'default' for the "
+                     "embedded default model (installed where `pathwatch run` puts it: "
+                     "$CACHE_DIRECTORY or ~/.cache/pathwatch); runs its graph on an edge backend, "
+                     "variant and schedule come from the bundle")
     p.add_argument("--backend", default="auto", help="with --bundle: auto, onnxruntime, "
                    "tensorrt or torch")
     p.add_argument("--config", help="model config for a foreign .pt (e.g. DiffPath's YAML)")
-    p.add_argument("--variant", action="append", default=None,
-                   help="feature variant, repeatable: diffpath6d, diffpath1d, 6d+ssim, "
-                   "amplified-eps, error/inversion, error/forward, or 'all' (default diffpath6d)")
-    p.add_argument("--k", type=int, default=10, help="number of DDIM steps")
-    p.add_argument("--placement", choices=["uniform", "quadratic"], default="uniform",
-                   help="where the K steps go: uniform (ddimK striding) or quadratic "
-                   "(t_i = T (i/K)^2, nearer the clean image)")
-    p.add_argument("--timesteps", help="explicit comma-separated timestep list instead of --k")
-    p.add_argument("--lam", type=float, default=1.0, help="SSIM amplification lambda")
-    p.add_argument("--ssim-sigma", type=float, default=1.5, help="SSIM Gaussian window sigma")
+    add_path_options(p, repeatable_variant=True)
     p.add_argument("--fit", required=True, help="in-distribution set to fit the density on")
     p.add_argument("--test", required=True, help="in-distribution test set")
     p.add_argument("--ood", action="append", required=True, help="out-of-distribution set (repeatable)")
@@ -113,12 +186,12 @@ def add_eval(sub) -> None:
 
 
 def parse_variants(names: list[str] | None, lam: float, sigma: float):
+    from pathwatch.export.defaults import DEFAULTS
     from pathwatch.export.features import FeatureSpec
 
-    names = names or ["diffpath6d"]
+    names = names or [DEFAULTS.variant]
     if "all" in names:
-        names = ["diffpath6d", "diffpath1d", "6d+ssim", "amplified-eps", "error/inversion",
-                 "error/forward"]
+        names = list(VARIANTS)
     specs = []
     for n in names:
         variant, _, traj = n.partition("/")
@@ -150,15 +223,17 @@ def _torch_extractor(a):
 
 def _bundle_extractor(a):
     from pathwatch.edge.backends import load_backend
-    from pathwatch.edge.bundle import Bundle
     from pathwatch.edge.evaluation import BundleExtractor
+    from pathwatch.edge.models import load_bundle
 
-    if a.variant or a.timesteps or a.placement != "uniform":
-        raise UsageError("--variant, --placement and --timesteps come from the bundle; export another "
-                         "bundle to change them")
-    bundle = Bundle.load(a.bundle)
-    backend = load_backend(bundle, a.backend, max_batch=a.batch_size,
-                           log=lambda m: console.print(m, highlight=False))
+    given = [o for o in PATH_OPTIONS if o in given_options(a)]
+    if given:
+        options = ", ".join("--" + o.replace("_", "-") for o in given)
+        raise UsageError(f"{options}: the variant and schedule come from the bundle; export "
+                         "another bundle to change them")
+    log = lambda m: console.print(m, highlight=False)  # noqa: E731
+    bundle = load_bundle(a.bundle, bundle_cache_dir(), log)
+    backend = load_backend(bundle, a.backend, max_batch=a.batch_size, log=log)
     meta = {"bundle": str(bundle.root), **bundle.identity(), "backend": backend.describe()}
     return BundleExtractor(bundle, backend), bundle.timesteps, meta
 
@@ -194,18 +269,7 @@ def add_export(sub) -> None:
     src.add_argument("--bundle", help="an exported bundle: only write its --triton-repository")
     p.add_argument("--config", help="model config for a foreign .pt")
     p.add_argument("--out", help="bundle directory to write (with --checkpoint)")
-    from pathwatch.edge.models import default_settings
-
-    d = default_settings()  # the defaults docs/accuracy.md chose, shared with the default model
-    p.add_argument("--variant", default=d["variant"], help="diffpath6d, diffpath1d, 6d+ssim, "
-                   f"amplified-eps, error/inversion or error/forward (default {d['variant']})")
-    p.add_argument("--k", type=int, default=d["k"], help=f"number of DDIM steps (default {d['k']})")
-    p.add_argument("--placement", choices=["uniform", "quadratic"], default=d["placement"],
-                   help="where the K steps go: uniform (ddimK striding) or quadratic "
-                   f"(t_i = T (i/K)^2); default {d['placement']}, see docs/accuracy.md")
-    p.add_argument("--timesteps", help="explicit comma-separated timestep list instead of --k")
-    p.add_argument("--lam", type=float, default=d["lam"], help="SSIM amplification lambda")
-    p.add_argument("--ssim-sigma", type=float, default=d["ssim_sigma"])
+    add_path_options(p, repeatable_variant=False)
     p.add_argument("--parity-data", action="append", help="image set(s) for the parity gate "
                    "(repeatable; default photos:test and digits; folder:PATH for your own)")
     p.add_argument("--parity-n", type=int, default=128, help="images in the parity gate")
@@ -232,28 +296,34 @@ def cmd_export(a) -> int:
         return 0
     if not a.out:
         raise UsageError("--checkpoint needs --out DIR (the bundle directory to write)")
+    check_export_dependencies()  # before any work: not after a minute of exporting
     from pathwatch.export.bundle_export import DEFAULT_PARITY_DATA, ParityFailure, export_bundle
-
-    if a.k < 1:
-        raise UsageError(f"--k {a.k}: need at least one step")
     from pathwatch.export.checkpoint import load_checkpoint
 
     loaded_cfg = load_checkpoint(a.checkpoint, a.config).config
     spec = parse_variants([a.variant], a.lam, a.ssim_sigma)[0]
     sched = schedule_for(loaded_cfg, a.k, a.timesteps, a.placement)
     log = lambda m: console.print(m, highlight=False)  # noqa: E731
-    try:
-        result = export_bundle(a.checkpoint, a.out, spec, sched, a.k, a.config,
-                               a.parity_data or DEFAULT_PARITY_DATA, a.parity_n, a.opset,
-                               a.max_batch, log=log)
-    except ParityFailure as e:
-        _print_parity([e.report])
+    with progress() as prog:
+        stages = _ExportStages(prog)
+        try:
+            result = export_bundle(a.checkpoint, a.out, spec, sched, a.k, a.config,
+                                   a.parity_data or DEFAULT_PARITY_DATA, a.parity_n, a.opset,
+                                   a.max_batch, log=log, progress=stages)
+        except ParityFailure as e:
+            stages.failed()
+            failure = e
+        else:
+            failure = None
+            reports = [result.parity]
+            if a.tensorrt:
+                reports += _build_engines(result.bundle, a.precision or ["fp16"], a.max_batch,
+                                          log, stages)
+    if failure is not None:
+        _print_parity([failure.report])
         console.print(f"[red]pathwatch export: parity gate failed[/]; the bundle is left at "
-                      f"{e.where} for inspection", highlight=False)
+                      f"{failure.where} for inspection", highlight=False)
         return 1
-    reports = [result.parity]
-    if a.tensorrt:
-        reports += _build_engines(result.bundle, a.precision or ["fp16"], a.max_batch, log)
     _print_parity(reports)
     if a.json:
         Path(a.json).write_text(json.dumps([r.to_dict() for r in reports], indent=1))
@@ -273,13 +343,78 @@ def _triton_repository(bundle, a) -> None:
     out.print(f"Triton model '{a.triton_model}' written to {where} ({a.triton_platform})")
 
 
-def _build_engines(bundle, precisions, max_batch, log) -> list:
+def _build_engines(bundle, precisions, max_batch, log, stages=None) -> list:
     """Each engine is checked against the recorded torch outputs and recorded only if it
     passed (a failed one is deleted, so nothing can load it later)."""
     from pathwatch.edge.backends.tensorrt_backend import build_checked_engine
 
-    return [build_checked_engine(bundle, precision, max_batch, log=log)[1]
-            for precision in precisions]
+    advance = stages.count("TensorRT", len(precisions)) if stages else lambda n, info=None: None
+    reports = []
+    for precision in precisions:
+        advance(0, f"{precision}: building the engine, then its parity check")
+        reports.append(build_checked_engine(bundle, precision, max_batch, log=log)[1])
+        advance(1, f"{precision}: {'passed' if reports[-1].passed else 'FAILED'}")
+    return reports
+
+
+class _ExportStages:
+    """pathwatch.export.bundle_export.ExportProgress on a rich progress display: one bar for
+    the export's stages, one per counted step (the parity gate's images, TensorRT engines).
+    Off a terminal rich prints only the final state, a line per bar."""
+
+    def __init__(self, prog):
+        from pathwatch.export.bundle_export import STAGES
+
+        self.prog, self.stages = prog, STAGES
+        self.task = prog.add_task("export", total=len(STAGES), info="")
+
+    def stage(self, name: str | None) -> None:
+        if name is None:
+            self.prog.update(self.task, completed=len(self.stages), info="done")
+        else:
+            self.prog.update(self.task, completed=self.stages.index(name), info=name)
+
+    def failed(self) -> None:
+        self.prog.update(self.task, info="[red]parity gate failed[/]")
+        self.prog.stop_task(self.task)
+
+    def count(self, name: str, total: int):
+        task = self.prog.add_task(name, total=total, info="")
+
+        def advance(n: int, info: str | None = None) -> None:
+            self.prog.update(task, advance=n, **({} if info is None else {"info": info}))
+        return advance
+
+
+# What the export extra needs, and the one line that says how to get all of it: the parity gate
+# runs ONNX Runtime, which comes from exactly one runtime extra (onnxruntime and
+# onnxruntime-gpu install the same module and break each other).
+EXPORT_INSTALL = ("pip install 'pathwatch[export,cpu]' (or 'pathwatch[export,gpu]' on an "
+                  "NVIDIA GPU; never both runtime extras)")
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def check_export_dependencies() -> None:
+    """A UsageError naming exactly what to install when export could not finish: torch, onnx
+    and safetensors (the export extra) and ONNX Runtime (the parity gate's runtime)."""
+    missing = [m for m in ("torch", "safetensors", "onnx") if not _importable(m)]
+    try:
+        import onnxruntime  # noqa: F401  (imported, not only found: a broken install fails here)
+    except ImportError:
+        missing.append("onnxruntime")
+    if missing == ["onnxruntime"]:
+        raise UsageError("the parity gate runs the exported graph on ONNX Runtime, which is not "
+                         f"installed: {EXPORT_INSTALL}")
+    if missing:
+        raise UsageError(f"export needs {', '.join(missing)}, not installed: {EXPORT_INSTALL}")
 
 
 # --------------------------------------------------------------------------------- bundle

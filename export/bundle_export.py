@@ -6,6 +6,9 @@ The whole K-step path and the feature statistic go into one ONNX graph that take
 under TensorRT (which has no float64). Before the bundle is moved into place, ONNX Runtime
 must reproduce the torch module on real images (the parity gate); a bundle that fails is left
 at `<out>.failed` with its report, never at `<out>`.
+
+`export_bundle(..., progress=...)` reports its stages (`STAGES`) and counts the parity images
+as they run, for the command's progress display; without it nothing is shown.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -36,6 +40,28 @@ from .schedule import ReducedSchedule
 
 DEFAULT_PARITY_DATA = ("photos:test", "digits")
 PARITY_KEEP = 96  # images (with torch outputs) stored in the bundle for `bundle verify`
+PARITY_CHUNK = 32  # images per call in the parity gate (a progress step)
+# The export's stages in order, as `ExportProgress.stage` is told them.
+STAGES = ("load checkpoint", "trace to ONNX", "check graph", "parity images", "parity gate",
+          "write bundle")
+
+Advance = Callable[..., None]  # advance(n, info=None): n more done, optionally a new note
+
+
+class ExportProgress(Protocol):
+    def stage(self, name: str | None) -> None:
+        """The next of STAGES begins (None: all done)."""
+
+    def count(self, name: str, total: int) -> Advance:
+        """A counted step (the parity images): returns advance(n, info=None)."""
+
+
+class NoProgress:
+    def stage(self, name: str | None) -> None:
+        pass
+
+    def count(self, name: str, total: int) -> Advance:
+        return lambda n, info=None: None
 
 
 class ParityFailure(Exception):
@@ -65,10 +91,14 @@ def build_pipeline(loaded: LoadedModel, sched: ReducedSchedule, spec: FeatureSpe
                             acc_dtype=torch.float32)
 
 
-def export_onnx(pipeline: DiffPathPipeline, path: Path, opset: int, contract: dict) -> None:
+def export_onnx(pipeline: DiffPathPipeline, path: Path, opset: int, contract: dict,
+                progress: ExportProgress | None = None) -> None:
     """Trace to ONNX (TorchScript exporter: no extra dependency, stable for this graph), embed
     the contract in the model metadata, run the checker."""
     import onnx
+
+    progress = progress or NoProgress()
+    progress.stage("trace to ONNX")
 
     size = pipeline.model.config.image_size
     example = torch.zeros((2, size, size, 3), dtype=torch.uint8)
@@ -84,6 +114,7 @@ def export_onnx(pipeline: DiffPathPipeline, path: Path, opset: int, contract: di
                           dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"},
                                         "heatmap": {0: "batch"}},
                           do_constant_folding=True, dynamo=False)
+    progress.stage("check graph")
     model = onnx.load_from_string(buf.getvalue())
     model.producer_name, model.doc_string = "pathwatch", "DiffPath features over a reduced DDIM path"
     entry = model.metadata_props.add()
@@ -98,23 +129,33 @@ def parity_images(specs: list[str] | tuple[str, ...], size: int, n: int, seed: i
     return np.concatenate(sets)[:n]
 
 
-def torch_outputs(pipeline: DiffPathPipeline, images: np.ndarray, batch: int = 64):
+def torch_outputs(pipeline: DiffPathPipeline, images: np.ndarray, batch: int = PARITY_CHUNK,
+                  advance: Advance | None = None):
     feats, maps = [], []
     with torch.no_grad():
         for start in range(0, len(images), batch):
             f, h = pipeline(torch.from_numpy(images[start:start + batch]))
             feats.append(f.numpy())
             maps.append(h.numpy())
+            if advance:
+                advance(len(f))
     return np.concatenate(feats).astype(np.float32), np.concatenate(maps).astype(np.float32)
 
 
 def run_parity(bundle: Bundle, images: np.ndarray, ref_f: np.ndarray, ref_h: np.ndarray,
-               threads: int | None = None) -> ParityReport:
+               threads: int | None = None, advance: Advance | None = None) -> ParityReport:
     from pathwatch.edge.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     backend = OnnxRuntimeBackend(bundle, max_batch=64, threads=threads,
                                  providers=["CPUExecutionProvider"])
-    feats, maps = backend(images)
+    feats, maps = [], []
+    for start in range(0, len(images), PARITY_CHUNK):
+        f, h = backend(images[start:start + PARITY_CHUNK])
+        feats.append(f)
+        maps.append(h)
+        if advance:
+            advance(len(f))
+    feats, maps = np.concatenate(feats), np.concatenate(maps)
     return compare("onnxruntime-cpu", bundle.feature_names, ref_f, ref_h, feats, maps, "fp32")
 
 
@@ -149,10 +190,13 @@ def make_manifest(loaded: LoadedModel, source_sha: str, name: str, sched: Reduce
 def export_bundle(checkpoint: str | Path, out: str | Path, spec: FeatureSpec,
                   sched: ReducedSchedule | None = None, k: int = 3, config=None,
                   parity_data=DEFAULT_PARITY_DATA, parity_n: int = 128, opset: int = 17,
-                  max_batch: int = 64, threads: int | None = None, log=print) -> ExportResult:
+                  max_batch: int = 64, threads: int | None = None, log=print,
+                  progress: ExportProgress | None = None) -> ExportResult:
     out = Path(out)
+    progress = progress or NoProgress()
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
+    progress.stage("load checkpoint")
     loaded = load_checkpoint(checkpoint, config)
     cfg = loaded.config
     sched = sched or ReducedSchedule.ddim(cfg.noise_schedule, cfg.diffusion_steps, k)
@@ -169,19 +213,26 @@ def export_bundle(checkpoint: str | Path, out: str | Path, spec: FeatureSpec,
     manifest = make_manifest(loaded, source_sha, name, sched, spec, opset, max_batch)
 
     pipeline = build_pipeline(loaded, sched, spec)
-    export_onnx(pipeline, stage / GRAPH, opset, contract_of(manifest))
+    export_onnx(pipeline, stage / GRAPH, opset, contract_of(manifest), progress)
     manifest["graph"]["sha256"] = sha256_of(stage / GRAPH)
     manifest["graph"]["bytes"] = (stage / GRAPH).stat().st_size
     seconds["export"] = time.perf_counter() - t0
     log(f"exported {GRAPH} ({manifest['graph']['bytes'] / 1e6:.1f} MB) in {seconds['export']:.1f} s")
 
     t1 = time.perf_counter()
+    progress.stage("parity images")
     images = parity_images(list(parity_data), cfg.image_size, parity_n)
-    ref_f, ref_h = torch_outputs(pipeline, images)
+    progress.stage("parity gate")
+    advance = progress.count("parity", 2 * len(images))  # torch, then ONNX Runtime
+    advance(0, "torch")
+    ref_f, ref_h = torch_outputs(pipeline, images, advance=advance)
     write_json_atomic(stage / "manifest.json", manifest)
     bundle = Bundle.load(stage)
-    report = run_parity(bundle, images, ref_f, ref_h, threads)
+    advance(0, "onnxruntime")
+    report = run_parity(bundle, images, ref_f, ref_h, threads, advance)
+    advance(0, "passed" if report.passed else "FAILED")
     seconds["parity"] = time.perf_counter() - t1
+    progress.stage("write bundle")
     keep = min(PARITY_KEEP, len(images))
     np.savez_compressed(stage / PARITY, images=images[:keep], features=ref_f[:keep],
                         heatmap=ref_h[:keep])
@@ -197,6 +248,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, spec: FeatureSpec,
     if out.exists():
         shutil.rmtree(out)
     stage.rename(out)
+    progress.stage(None)
     return ExportResult(Bundle.load(out), report, seconds)
 
 

@@ -16,12 +16,34 @@ from pathwatch.cli import main
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tiny_run, tmp_path_factory):
+def export_run(tiny_run, tmp_path_factory):
+    """`pathwatch export` run as a user runs it, with its output piped (as in CI)."""
     out = tmp_path_factory.mktemp("bundles") / "tiny-6dssim"
-    assert main(["export", "--checkpoint", str(tiny_run), "--out", str(out), "--variant",
-                 "6d+ssim", "--k", "3", "--parity-n", "48", "--parity-data", "digits",
-                 "--parity-data", "photos:test"]) == 0
-    return out
+    res = subprocess.run([sys.executable, "-m", "pathwatch.cli", "export", "--checkpoint",
+                          str(tiny_run), "--out", str(out), "--variant", "6d+ssim", "--k", "3",
+                          "--parity-n", "48", "--parity-data", "digits", "--parity-data",
+                          "photos:test"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    return out, res
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(export_run):
+    return export_run[0]
+
+
+def test_export_progress_off_a_terminal_is_a_few_lines(export_run):
+    """On a terminal export draws progress bars; piped, rich prints each bar once, in its
+    final state: no carriage returns, no escape codes, a handful of lines."""
+    _, res = export_run
+    lines = res.stderr.splitlines()
+    assert len(lines) <= 6, res.stderr
+    assert "\r" not in res.stderr and "\x1b[" not in res.stderr
+    stages = [line for line in lines if line.startswith("export ")]
+    assert len(stages) == 1 and "6/6" in stages[0] and "done" in stages[0], res.stderr
+    parity = [line for line in lines if line.startswith("parity ")]
+    assert len(parity) == 1 and "96/96" in parity[0] and "passed" in parity[0], res.stderr
+    assert "bundle written to" in res.stdout
 
 
 def test_export_writes_a_complete_bundle(bundle_dir):

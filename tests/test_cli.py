@@ -14,6 +14,59 @@ def test_train_writes_a_complete_run(tiny_run):
         assert (tiny_run / name).stat().st_size > 0
 
 
+def test_train_json_holds_no_optimizer_internals(tiny_run):
+    """The optimizer's state dict (parameter index lists, betas, ...) lives in the state file
+    that --resume reads, not in the human-readable train.json."""
+    from safetensors import safe_open
+
+    from pathwatch.export.train import OPTIMIZER_KEY
+
+    text = (tiny_run / "train.json").read_text()
+    info = json.loads(text)
+    assert "optimizer" not in info and "param_groups" not in text and '"params"' not in text
+    assert set(info) >= {"settings", "model_config", "state", "ema_sha256", "final_loss"}
+    with safe_open(tiny_run / "optimizer.safetensors", "pt") as f:
+        layout = json.loads(f.metadata()[OPTIMIZER_KEY])
+        assert any(k.endswith(".exp_avg") for k in f.keys())
+    assert layout["param_groups"][0]["params"][:3] == [0, 1, 2]
+
+
+def test_the_train_budget_leaves_room_for_the_final_save_and_samples():
+    from pathwatch.export.train import final_seconds, preview_steps_for, should_stop
+
+    # The sample grid: 50 DDIM steps unless that would take over a quarter of the budget.
+    assert preview_steps_for(None, forward_s=0.1, save_s=0.1) == 50
+    assert preview_steps_for(60, forward_s=0.1, save_s=0.5) == 50
+    assert preview_steps_for(20, forward_s=0.1, save_s=0.1) == 25
+    assert preview_steps_for(6, forward_s=0.1, save_s=0.1) == 10
+    assert preview_steps_for(1, forward_s=1.0, save_s=1.0) == 10  # never fewer than 10
+    assert preview_steps_for(None, 0.1, 0.1, diffusion_steps=30) == 10  # a stride of 30 steps
+    final = final_seconds(10, forward_s=0.1, save_s=0.5)
+    assert final > 0.5 + 10 * 0.1  # with a margin
+    # Another step only while it, a periodic save after it, and the final work all fit.
+    assert not should_stop(left_s=10, step_s=1, final_s=final)
+    assert should_stop(left_s=final + 0.9, step_s=1, final_s=final)
+    assert not should_stop(left_s=final + 1.1, step_s=1, final_s=final)
+    assert should_stop(left_s=final + 1.1, step_s=1, final_s=final, save_s=0.5)
+
+
+def test_a_budget_spent_before_training_still_takes_one_step(tmp_path):
+    """--minutes counts from the command's start: when loading already used it up, the run
+    takes its one step, saves and keeps the sample grid short."""
+    import time
+
+    from conftest import TINY_CONFIG
+    from pathwatch.export.checkpoint import read_config_file
+    from pathwatch.export.train import Trainer, TrainSettings
+
+    settings = TrainSettings(data="digits", out=str(tmp_path / "run"), batch_size=4, steps=1000,
+                             minutes=0.05, save_every=1000, limit=32)
+    trainer = Trainer(settings, read_config_file(TINY_CONFIG), started=time.monotonic() - 60)
+    state = trainer.run()
+    assert state.step == 1 and trainer.budget_left() < 0 and trainer.preview_steps == 10
+    assert json.loads((tmp_path / "run" / "train.json").read_text())["state"]["step"] == 1
+
+
 def test_resume_continues_from_the_saved_step(tiny_run, tmp_path):
     import shutil
 
@@ -44,6 +97,85 @@ def test_eval_prints_and_writes_every_variant(tiny_run, tmp_path, capsys):
     assert main(args) == 0  # second run reads the cache and reproduces the numbers
     assert sorted(cache.iterdir()) == cached
     assert json.loads(out_json.read_text())["results"] == first["results"]
+
+
+def test_eval_and_export_parse_the_same_defaults():
+    """One set of defaults (the embedded default model's): `eval` measures what `export`
+    ships, and both give the default bundle's schedule."""
+    from pathwatch.cli import build_parser
+    from pathwatch.edge.models import default_settings
+    from pathwatch.export.defaults import DEFAULTS
+    from pathwatch.export.schedule import placed_timesteps
+
+    p = build_parser()
+    ev = p.parse_args(["eval", "--checkpoint", "c", "--fit", "digits", "--test", "digits",
+                       "--ood", "photos"])
+    ex = p.parse_args(["export", "--checkpoint", "c", "--out", "b"])
+    for key in ("k", "placement", "timesteps", "lam", "ssim_sigma"):
+        assert getattr(ev, key) == getattr(ex, key), key
+    assert ev.variant == [ex.variant] == [DEFAULTS.variant]
+    card = default_settings()
+    assert (ex.variant, ex.k, ex.placement, ex.lam, ex.ssim_sigma) == (
+        card["variant"], card["k"], card["placement"], card["lam"], card["ssim_sigma"])
+    assert placed_timesteps(1000, ev.k, ev.placement) == card["timesteps"] == [0, 111, 444]
+    # A repeated --variant replaces the default rather than adding to it.
+    picked = p.parse_args(["eval", "--checkpoint", "c", "--fit", "a", "--test", "b", "--ood", "c",
+                           "--variant", "diffpath1d", "--variant", "error/forward"])
+    assert picked.variant == ["diffpath1d", "error/forward"]
+
+
+def test_eval_runs_the_embedded_default_bundle(tmp_path, monkeypatch, capsys):
+    """`eval --bundle default` installs the shipped default model where `run` would (the
+    cache directory) and evaluates it; its schedule cannot be overridden."""
+    monkeypatch.setenv("CACHE_DIRECTORY", str(tmp_path / "cache"))
+    common = ["--fit", "digits", "--test", "digits", "--ood", "photos", "--n-fit", "48",
+              "--n-test", "24", "--cache-dir", ""]
+    out_json = tmp_path / "eval.json"
+    assert main(["eval", "--bundle", "default", "--backend", "onnxruntime",
+                 "--json", str(out_json), *common]) == 0
+    report = json.loads(out_json.read_text())
+    assert [r["variant"] for r in report["results"]] == ["6d+ssim l=1 s=1.5"]
+    assert report["results"][0]["n_in"] == 24
+    assert report["meta"]["schedule"]["timesteps"] == [0, 111, 444]
+    assert "default bundle installed at" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "cache" / "bundles").iterdir()] == [
+        "default-926af2901618-6d+ssim-t0-111-444"]
+    assert main(["eval", "--bundle", "default", "--k", "5", "--placement", "uniform", *common]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "--k, --placement: the variant and schedule come from the bundle" in err
+
+
+def test_export_without_onnxruntime_says_what_to_install_before_any_work(tmp_path):
+    """The export extra alone has no ONNX Runtime (it comes from exactly one runtime extra):
+    export names the install line at once, before loading torch or writing anything. The
+    module is blocked in a subprocess, as on an installation without it."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from pathwatch.edge.models import default_weights
+
+    out = tmp_path / "bundle"
+    code = textwrap.dedent(f"""
+        import sys
+        class NoOnnxRuntime:
+            def find_spec(self, name, path=None, target=None):
+                if name == "onnxruntime" or name.startswith("onnxruntime."):
+                    raise ImportError("onnxruntime is blocked in this test")
+        sys.meta_path.insert(0, NoOnnxRuntime())
+        from pathwatch.cli import main
+        code = main(["export", "--checkpoint", {str(default_weights())!r}, "--out", {str(out)!r}])
+        assert "torch" not in sys.modules, "torch was loaded before the check"
+        sys.exit(code)
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    err = res.stderr.strip()
+    assert res.returncode == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "ONNX Runtime, which is not installed" in err
+    assert "pip install 'pathwatch[export,cpu]'" in err and "'pathwatch[export,gpu]'" in err
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -16,6 +16,21 @@ def test_the_shipped_export_is_the_default_weights_with_the_default_settings():
         "edge/models/default-bundle is stale: run `python -m pathwatch.export.default_bundle`")
 
 
+def test_the_command_defaults_are_the_default_models_settings():
+    """eval and export default to DEFAULTS, which is default.json: K and the placement give
+    the default model's recorded timesteps on its own schedule."""
+    from pathwatch.edge.models import default_spec
+    from pathwatch.export.checkpoint import load_checkpoint
+    from pathwatch.export.defaults import DEFAULTS
+    from pathwatch.export.schedule import placed_timesteps
+
+    s = default_settings()
+    assert DEFAULTS.spec() == default_spec(s) and DEFAULTS.variant == s["variant"]
+    cfg = load_checkpoint(default_weights()).config
+    assert placed_timesteps(cfg.diffusion_steps, DEFAULTS.k, DEFAULTS.placement) == \
+        list(DEFAULTS.timesteps) == s["timesteps"]
+
+
 def test_the_shipped_graph_reproduces_the_current_torch_pipeline():
     """After a change to the pipeline code the shipped graph would no longer be what an export
     writes: its recorded images are run through today's torch module and compared."""
