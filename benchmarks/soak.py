@@ -9,8 +9,9 @@ killed and restarted (`down`) or frozen with SIGSTOP and resumed (`stall`) at ra
 daemon (`python -m pathwatch.cli run`, the embedded default bundle on ONNX Runtime, 1 thread)
 runs with NOTIFY_SOCKET on a datagram socket this script listens on and WATCHDOG_USEC, as under
 systemd. The first run auto-calibrates both cameras; the soak clock starts once both score.
-Then a killer SIGKILLs the daemon at random intervals and restarts it at once (Restart=always),
-except in the last `--calm-minutes`, so one run is long enough to judge memory. One
+Then a killer SIGKILLs the daemon at random intervals and restarts it at once (as
+Restart=on-failure does after a SIGKILL), except in the last `--calm-minutes`, so one run is
+long enough to judge memory. One
 AlertSubscriber (since=0) runs throughout, across the restarts, and a raw SUB socket counts
 what came over the wire.
 

@@ -48,6 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as e:
         if e.name in ("torch", "safetensors", "onnx"):
             console.print(f"[red]pathwatch {args.command}: error:[/] needs {e.name}; install "
-                          "the export extra: pip install 'pathwatch[export]'", highlight=False)
+                          "the export extra with one runtime: pip install 'pathwatch[export,cpu]' (or [export,gpu])", highlight=False)
             return 2
         raise

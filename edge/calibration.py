@@ -116,6 +116,12 @@ def check_shape(data: dict) -> None:
         raise ValueError("scores.out_of_fold must be a list of numbers")
     for x in oof:
         _finite(x, "scores.out_of_fold[]")
+    noise = data.get("noise")
+    if noise is not None:
+        if not isinstance(noise, dict):
+            raise ValueError("noise must be an object")
+        if _finite(noise.get("level"), "noise.level") < 0:
+            raise ValueError("noise.level must not be negative")
     frames = _typed(data, "frames", dict)
     _finite(frames.get("seconds", 0), "frames.seconds")
     _whole(frames.get("dropped", 0), "frames.dropped")

@@ -53,6 +53,7 @@ from .calibration import (MIN_CALIBRATION_FRAMES, Calibration, CalibrationError,
 from .clock import RateMeter
 from .config import CameraConfig, Config
 from .feedback import AlertFrames, alert_frames_dir
+from .gating import ChangeGate, noise_level
 from .publisher import encode_jpeg, encode_png
 from .sources import CameraSource, Frame, parse_source
 from .tiles import TileGrid, heatmap_image, overlay_image
@@ -97,6 +98,7 @@ class Collection:
         self.started = time.time()
         self.features: list[np.ndarray] = []
         self.times: list[float] = []
+        self.noise: list[float] = []  # noise between consecutive frames (change gating)
         self.dropped_before = dropped_before
 
     def add(self, frame: Frame, features: np.ndarray) -> None:
@@ -137,6 +139,7 @@ class CameraStats:
     latency_p50_ms: float | None
     latency_p99_ms: float | None
     refused: str | None
+    tiles_sent: float | None = None  # share of tiles sent to the backend (change gating)
 
     @property
     def online(self) -> bool:
@@ -198,6 +201,8 @@ class Camera:
         self._last_score: float | None = None
         self._last_p_normal: float | None = None
         self._last_score_sent = -math.inf
+        self.gate: ChangeGate | None = None  # made with a calibration that measured noise
+        self._cut: tuple[np.ndarray, np.ndarray | None] | None = None  # this frame's tiles, mask
 
     @property
     def name(self) -> str:
@@ -251,6 +256,7 @@ class Camera:
             try:
                 self.calibration = Calibration.load(path)
                 self._retarget()
+                self._make_gate()
                 self.lifecycle = Lifecycle.PENDING  # checked against the first frame's grid
                 return
             except CalibrationError as e:
@@ -314,6 +320,8 @@ class Camera:
         c = self.cfg
         self.grid = TileGrid(w, h, self.bundle.image_size[0], c.tiles[0], c.tiles[1],
                              tuple(c.roi), [tuple(r) for r in c.ignore], c.exposure)
+        if self.gate is not None:
+            self.gate.reset()  # tiles of another size or place
         if self.calibration is None:
             return self.lifecycle is not Lifecycle.REFUSED
         try:
@@ -351,12 +359,25 @@ class Camera:
         return (frame if usable else None), ended
 
     def tiles(self, frame: Frame) -> np.ndarray:
-        return self.grid.cut(frame.image)
+        """The tiles of this frame the backend must evaluate: all of them, or with change
+        gating those that changed (or grew too old) since they were last evaluated."""
+        tiles = self.grid.cut(frame.image)
+        previous, self._cut = self._cut, (tiles, None)
+        if self.collecting and previous is not None and previous[0].shape == tiles.shape:
+            self._collection.noise.append(noise_level(previous[0], tiles))
+        if self.gate is None or self.lifecycle is not Lifecycle.SCORING:
+            return tiles
+        mask = self.gate.select(tiles, frame.time)
+        self._cut = (tiles, mask)
+        return tiles[mask]
 
     def observe(self, frame: Frame, features: np.ndarray, maps: np.ndarray) -> FrameResult:
         """One frame's tile features (and error maps) from the backend: collected while
         calibrating, scored otherwise. Returns what to publish."""
         self._processed.tick(time.monotonic())
+        tiles, mask = self._cut or (None, None)
+        if mask is not None and self.gate is not None:
+            features, maps = self.gate.merge(mask, tiles, features, maps, frame.time)
         if self.collecting:
             self._collect(frame, features)
             return FrameResult()
@@ -430,6 +451,7 @@ class Camera:
             self._refuse(f"calibration failed: {result}")
             return
         cal = self.calibration = result
+        self._make_gate()
         self.calibrated_here = True
         self.lifecycle = Lifecycle.SCORING
         if cal.trimmed:
@@ -441,13 +463,22 @@ class Camera:
                        f"{cal.threshold:.2f} ({cal.threshold_method}); saved "
                        f"{self.calibration_path}")
 
+    def _make_gate(self) -> None:
+        """Change gating with the calibration's noise level, when it is on and measured."""
+        g, cal = self.config.gating, self.calibration
+        noise = (cal.data.get("noise") or {}).get("level") if cal is not None else None
+        self.gate = ChangeGate(noise, g.max_age_s) if g.enabled and noise is not None else None
+        if g.enabled and cal is not None and noise is None:
+            log.warning("camera %s: change gating stays off: %s measured no sensor noise "
+                        "(recalibrate to turn it on)", self.name, self.calibration_path)
+
     def _fit(self, w: Collection) -> Calibration:
         c = self.config.calibration
         times = np.asarray(w.times) - w.times[0]
         # The rate frames were actually scored at (a busy CPU falls short of the fps cap).
         fps = (len(times) - 1) / times[-1] if times[-1] > 0 else (self.cfg.fps or 1.0)
         density = c.density if c.density != "auto" else self.bundle.default_density
-        return fit_calibration(
+        cal = fit_calibration(
             self.name, np.stack(w.features), self.grid, self.bundle.identity(),
             self.bundle.label, density=density, holdout=c.holdout,
             false_alarms_per_hour=c.false_alarms_per_hour, fps=round(fps, 3),
@@ -455,6 +486,10 @@ class Camera:
             source=self.source.spec.describe(),  # URL passwords masked
             seconds=w.scene_seconds, times=times,
             dropped=self.source.stats()["dropped"] - w.dropped_before)
+        if w.noise:  # the sensor noise change gating measures change against
+            cal.data["noise"] = {"level": round(float(np.median(w.noise)), 3),
+                                 "frame_pairs": len(w.noise)}
+        return cal
 
     def _score(self, frame: Frame, features: np.ndarray, maps: np.ndarray) -> FrameResult:
         tile_scores = self.calibration.tile_scores(features)
@@ -545,6 +580,7 @@ class Camera:
         self.calibration, self._collection = cal, Collection(0)
         self._calibration_mtime = _mtime(path)
         self._retarget()
+        self._make_gate()
         if self.grid is None:
             self.lifecycle = Lifecycle.PENDING
             return
@@ -578,7 +614,9 @@ class Camera:
             threshold=round(threshold, 3) if math.isfinite(threshold) else None,
             latency_p50_ms=round(lat[len(lat) // 2], 1) if lat else None,
             latency_p99_ms=round(lat[int(len(lat) * 0.99)], 1) if lat else None,
-            refused=self.refused)
+            refused=self.refused,
+            tiles_sent=None if self.gate is None or self.gate.share_sent() is None
+            else round(self.gate.share_sent(), 3))
 
 
 def _mtime(path) -> int | None:

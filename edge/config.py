@@ -98,6 +98,14 @@ class CalibrationSection(Strict):
     density: Literal["auto", "gmm-bic", "gmm-cv", "kde"] = "auto"
 
 
+class GatingSection(Strict):
+    """Change gating (edge/gating.py): a tile whose pixels changed less than the camera's
+    sensor noise (measured by its calibration) reuses its last features."""
+    enabled: bool = Field(False, description="send only changed tiles to the backend")
+    max_age_s: float = Field(2.0, gt=0.0, le=60.0, description="a tile is evaluated at least "
+                             "this often, changed or not")
+
+
 class AlertsSection(AlertPolicy):
     """The alert state machine's policy (it is what each camera's tracker runs on), plus what
     an alert carries."""
@@ -267,6 +275,7 @@ class Config(Strict):
     cache_dir: str | None = None
     model: ModelSection = Field(default_factory=ModelSection)
     calibration: CalibrationSection = Field(default_factory=CalibrationSection)
+    gating: GatingSection = Field(default_factory=GatingSection)
     alerts: AlertsSection = Field(default_factory=AlertsSection)
     publisher: PublisherSection = Field(default_factory=PublisherSection)
     journal: JournalSection = Field(default_factory=JournalSection)

@@ -60,6 +60,7 @@ class Daemon:
         self.cameras: dict[str, Camera] = {}
         self.started = time.time()
         self.frames_processed = 0
+        self._no_tiles = None  # empty features and maps of the backend's shapes
         self.frames_unscored = 0  # taken from a camera, dropped: the backend was unavailable
         self._last_unavailable_log = -float("inf")
         self.bus = NoBus()
@@ -198,13 +199,18 @@ class Daemon:
 
     def _process(self, batch: list[tuple[Camera, Frame]]) -> None:
         tiles = [camera.tiles(frame) for camera, frame in batch]
-        t0 = time.perf_counter()
-        try:
-            feats, maps = self.backend(np.concatenate(tiles))
-        except BackendUnavailable as e:
-            self._unscored(batch, e)
-            return
-        self.metrics.backend_call(time.perf_counter() - t0, sum(len(t) for t in tiles))
+        count = sum(len(t) for t in tiles)
+        if count == 0 and self._no_tiles is not None:  # change gating: nothing changed
+            feats, maps = self._no_tiles
+        else:
+            t0 = time.perf_counter()
+            try:
+                feats, maps = self.backend(np.concatenate(tiles))
+            except BackendUnavailable as e:
+                self._unscored(batch, e)
+                return
+            self.metrics.backend_call(time.perf_counter() - t0, count)
+            self._no_tiles = (feats[:0], maps[:0])
         offset = 0
         for (camera, frame), t in zip(batch, tiles):
             part = slice(offset, offset + len(t))

@@ -118,6 +118,8 @@ def mark_normal(config, alert_id: str) -> str:
                                "was recalibrated for another grid since; it cannot be marked")
     new_window = _grown(window, extra, float(cal.data["threshold"]["fps"]))
     refit = _refit(cal, new_window, config, camera)
+    if "noise" in cal.data:  # the camera's sensor noise did not change
+        refit.data["noise"] = cal.data["noise"]
     refit.data["frames"]["feedback"] = history + [
         {"alert_id": alert_id, "frames": int(len(extra)), "marked": iso_now("seconds")}]
     new_window.save(cal_path)  # the frames first: the daemon watches the calibration file

@@ -1,8 +1,9 @@
 """sd_notify without a library: one datagram per state change to $NOTIFY_SOCKET.
 
 READY=1 goes out once the bundle is loaded and the cameras are opened; WATCHDOG=1 is sent from
-the frame loop (so a hung loop stops the pings and systemd restarts the service), at most twice
-per WatchdogSec as systemd's documentation recommends.
+the frame loop (so a hung loop stops the pings and systemd restarts the service), four times
+per WatchdogSec: systemd asks for at least two, and with four a ping that comes late (a slow
+pass of the loop) still leaves more than half of WatchdogSec to spare.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import time
 class Notifier:
     def __init__(self, address: str | None, watchdog_usec: int | None = None):
         self.address = address
-        self.interval_s = watchdog_usec / 2e6 if watchdog_usec else None
+        self.interval_s = watchdog_usec / 4e6 if watchdog_usec else None
         self._last_ping = 0.0
         self._sock = None
         if address:
