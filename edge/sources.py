@@ -340,7 +340,12 @@ def quiet_native_logs() -> None:
     them (OPENCV_LOG_LEVEL, OPENCV_FFMPEG_LOGLEVEL in the environment); FFmpeg reads its level
     when its backend first opens, so this runs before any capture does."""
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
-    if "OPENCV_LOG_LEVEL" not in os.environ:
+    if "OPENCV_LOG_LEVEL" in os.environ:
+        return
+    logging_api = getattr(getattr(cv2, "utils", None), "logging", None)  # OpenCV 5
+    if hasattr(logging_api, "setLogLevel"):
+        logging_api.setLogLevel(logging_api.LOG_LEVEL_ERROR)
+    elif hasattr(cv2, "setLogLevel"):  # OpenCV 4
         cv2.setLogLevel(2)  # errors only: no warnings on a failed open
 
 
