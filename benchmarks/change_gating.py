@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from false_alarms import (CACHE, VTEST, VTEST_EVENTS, VTEST_FPS, calibrate,  # noqa: E402
-                          vtest_features)
+                          vtest_features, vtest_frames)
 
 
 def demo_stream(backend, bundle, minutes: float, fps: float = 5.0):
@@ -55,26 +55,12 @@ def demo_stream(backend, bundle, minutes: float, fps: float = 5.0):
 
 
 def vtest_tiles(bundle, cols=4, rows=3):
-    import cv2
-    from skimage import data
-
     from pathwatch.edge.tiles import TileGrid
 
-    patches = [(a, b, cv2.resize(cv2.cvtColor(getattr(data, img)(), cv2.COLOR_RGB2BGR), size), xy)
-               for _, a, b, img, size, xy in VTEST_EVENTS]
-    cap, out, i, grid = cv2.VideoCapture(str(VTEST)), [], 0, None
-    while True:
-        ok, image = cap.read()
-        if not ok:
-            break
-        if i % 2 == 0:
-            t = i / 10.0
-            for a, b, patch, (x, y) in patches:
-                if a <= t < b:
-                    image[y:y + patch.shape[0], x:x + patch.shape[1]] = patch
-            grid = grid or TileGrid(image.shape[1], image.shape[0], bundle.image_size[0], cols, rows)
-            out.append(grid.cut(image))
-        i += 1
+    grid, out = None, []
+    for image in vtest_frames():
+        grid = grid or TileGrid(image.shape[1], image.shape[0], bundle.image_size[0], cols, rows)
+        out.append(grid.cut(image))
     return grid, np.stack(out)
 
 

@@ -103,12 +103,30 @@ VTEST_EVENTS = [("cat on the lawn", 45.0, 50.0, "chelsea", (90, 70), (330, 420))
 VTEST_FPS = 5.0  # the footage is 10 fps; every 2nd frame, as the daemon's default cap takes it
 
 
-def vtest_features(backend, bundle, cols: int, rows: int) -> np.ndarray | None:
-    """(frames, tiles, D) of vtest.avi at 5 fps with the two objects pasted in (cached);
-    None when the footage is not installed."""
+def vtest_frames():
+    """vtest.avi's frames at VTEST_FPS (every 2nd of its 10 fps) with VTEST_EVENTS pasted in."""
     import cv2
     from skimage import data
 
+    patches = [(a, b, cv2.resize(cv2.cvtColor(getattr(data, img)(), cv2.COLOR_RGB2BGR), size), xy)
+               for _, a, b, img, size, xy in VTEST_EVENTS]
+    cap, i = cv2.VideoCapture(str(VTEST)), 0
+    while True:
+        ok, image = cap.read()
+        if not ok:
+            return
+        if i % 2 == 0:
+            t = i / 10.0
+            for a, b, patch, (x, y) in patches:
+                if a <= t < b:
+                    image[y:y + patch.shape[0], x:x + patch.shape[1]] = patch
+            yield image
+        i += 1
+
+
+def vtest_features(backend, bundle, cols: int, rows: int) -> np.ndarray | None:
+    """(frames, tiles, D) of vtest.avi at 5 fps with the two objects pasted in (cached);
+    None when the footage is not installed."""
     from pathwatch.edge.tiles import TileGrid
 
     if not VTEST.is_file():
@@ -119,23 +137,11 @@ def vtest_features(backend, bundle, cols: int, rows: int) -> np.ndarray | None:
     path = CACHE / f"vtest-{key}.npy"
     if path.is_file():
         return np.load(path)
-    patches = [(a, b, cv2.resize(cv2.cvtColor(getattr(data, img)(), cv2.COLOR_RGB2BGR), size), xy)
-               for _, a, b, img, size, xy in VTEST_EVENTS]
-    cap = cv2.VideoCapture(str(VTEST))
-    grid, feats, i = None, [], 0
-    while True:
-        ok, image = cap.read()
-        if not ok:
-            break
-        if i % 2 == 0:
-            t = i / 10.0
-            for a, b, patch, (x, y) in patches:
-                if a <= t < b:
-                    image[y:y + patch.shape[0], x:x + patch.shape[1]] = patch
-            if grid is None:
-                grid = TileGrid(image.shape[1], image.shape[0], bundle.image_size[0], cols, rows)
-            feats.append(backend(grid.cut(image))[0])
-        i += 1
+    grid, feats = None, []
+    for image in vtest_frames():
+        if grid is None:
+            grid = TileGrid(image.shape[1], image.shape[0], bundle.image_size[0], cols, rows)
+        feats.append(backend(grid.cut(image))[0])
     feats = np.stack(feats)
     CACHE.mkdir(parents=True, exist_ok=True)
     np.save(path, feats)
