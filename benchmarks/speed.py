@@ -838,7 +838,7 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, action="append", help="tiles per call (repeatable; default 12 and 64)")
     p.add_argument("--grid", action="append", help="tile grids COLSxROWS (repeatable; default 4x3 and 8x6)")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--repeats", type=int, default=3, help="timed calls per configuration and round")
+    p.add_argument("--repeats", type=int, default=2, help="timed calls per configuration and round")
     p.add_argument("--warm-every-round", action="store_true",
                    help="an untimed call before each configuration in every round, not only the first")
     p.add_argument("--device", default="cpu", help="cpu or cuda (the reference loop and torch backends)")
@@ -1243,7 +1243,8 @@ def headline(out: Printer, a, results, stages, cameras, live) -> None:
     for c in cameras:
         if c["k"] == a.stage_k:
             out.text(f"  cameras at 5 fps, {c['grid']}, {c['backend']} threads {c['threads']}: "
-                     f"{c['cameras_batched']} computed (batched)")
+                     f"{c['cameras_batched']} computed, batched ({fmt(med(c['cameras_batched_float']), 2)}); "
+                     f"{c['cameras_alone']} with one call per frame ({fmt(med(c['cameras_alone_float']), 2)})")
     for r in live:
         out.text(f"  live daemon, threads {r['threads']}, {r['cameras']} cameras: min {r['min_process_fps']} "
                  f"processed fps per camera -> {'sustained' if r['sustained'] else 'NOT sustained'}")
@@ -1253,11 +1254,14 @@ def headline(out: Printer, a, results, stages, cameras, live) -> None:
 def report(out: Printer, a, env, monitor, results, flops, mm, stages, cameras, live, parity_rows,
            skipped, rounds_s, stage_backend) -> None:
     ld = monitor.summary("rounds")
+    own = max((t or env["torch_threads"]) for t in a.threads)
     out.text(f"{a.rounds} interleaved rounds in {rounds_s:.0f} s; 1-min load average during the rounds: "
-             f"{describe_load(ld)} ({ld.get('samples', 0)} samples) on {env['cores']} cores")
-    if env["cores"] and ld and ld["median"] > 0.8 * env["cores"]:
-        out.text("the machine was busy with other work: absolute figures are low and move between rounds; "
-                 "ratios measured within a round move less")
+             f"{describe_load(ld)} ({ld.get('samples', 0)} samples) on {env['cores']} cores, this run's "
+             f"own threads (up to {own}) included")
+    start_load = env["load_average_at_start"][0]
+    if env["cores"] and ld and (start_load > 0.5 or ld["median"] > own + 0.5):
+        out.text(f"other work shared the machine (load average {start_load:.2f} before this run started): "
+                 "absolute figures are low and move between rounds; ratios measured within a round move less")
     out.text()
     rows = [[f"{k}", f"{f['unet_per_eval'] / 1e6:.1f}", f"{f['unet_times_k'] / 1e6:.1f}",
              f"{f['extra_passes'] / 1e6:.2f}", f"{f['pipeline'] / 1e6:.1f}"] for k, f in sorted(flops.items())]
