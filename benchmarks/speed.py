@@ -937,8 +937,16 @@ def main(argv=None) -> int:
     bundles: dict[int, object] = {}
     parity_rows = []
     model_cache: dict = {}
-    for k in a.ks:
-        bundle, sched, spec, origin = bundle_for_k(k, cache)
+    for k in list(a.ks):
+        try:
+            bundle, sched, spec, origin = bundle_for_k(k, cache)
+        except Exception as e:  # e.g. no `onnx` to export with: the other K still run
+            if k == a.stage_k:
+                raise
+            skipped.append(f"K={k}: skipped, no graph ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+            say(skipped[-1])
+            a.ks.remove(k)
+            continue
         bundles[k] = bundle
         threads_here = a.threads if k == a.stage_k else a.sweep_threads
         rs = []
