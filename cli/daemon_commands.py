@@ -243,14 +243,22 @@ def add_tail(sub) -> None:
     p.set_defaults(func=cmd_tail)
 
 
-def _upstream(text: str):
+def _argument(check):
+    """An argparse type from a check that raises ValueError with the user's message."""
     import argparse
 
+    def parse(text: str):
+        try:
+            return check(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = check.__name__
+    return parse
+
+
+def _upstream(text: str):
     from pathwatch.edge.fanin import parse_upstream
-    try:
-        return parse_upstream(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    return _argument(parse_upstream)(text)
 
 
 def _client_address(bind: str) -> str:
@@ -346,13 +354,8 @@ def add_forward(sub) -> None:
 
 
 def _endpoint(text: str) -> str:
-    import argparse
-
     from pathwatch.edge.config import check_endpoint
-    try:
-        return check_endpoint(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    return _argument(check_endpoint)(text)
 
 
 def cmd_forward(a) -> int:
@@ -460,7 +463,7 @@ def cmd_config_check(a) -> int:
 
 def config_warnings(config) -> list[str]:
     """Valid, but likely not what was meant (`run` says the same when it gets there)."""
-    from pathwatch.edge.publisher import network_reachable
+    from pathwatch.edge.publisher import LOOPBACK_HOSTS, network_reachable
 
     out = []
     if not config.security.curve:
@@ -469,7 +472,7 @@ def config_warnings(config) -> list[str]:
             if network_reachable(address):
                 out.append(f"publisher.{key} {address} is reachable from the network without "
                            "encryption; set security.curve: true (see the README's Security)")
-    if config.metrics.enabled and config.metrics.host not in ("127.0.0.1", "localhost", "::1"):
+    if config.metrics.enabled and config.metrics.host not in LOOPBACK_HOSTS:
         out.append(f"metrics.host {config.metrics.host} exposes the metrics endpoint, which has "
                    "no authentication, to the network; keep 127.0.0.1 unless a firewall or "
                    "proxy guards it")

@@ -29,7 +29,7 @@ from .config import Config, load_config
 from .journal import Journal
 from .metrics import NoMetrics
 from .models import load_bundle
-from .publisher import AlertBus, NoBus, Publisher, ReplayServer
+from .publisher import LOOPBACK_HOSTS, AlertBus, NoBus, Publisher, ReplayServer
 from .sources import Frame
 
 log = logging.getLogger("pathwatch")
@@ -140,7 +140,7 @@ class Daemon:
         port = metrics.serve(m.host, m.port)
         self._parts.callback(metrics.close)
         log.info("metrics on http://%s:%d/metrics", m.host, port)
-        if m.host not in ("127.0.0.1", "localhost", "::1"):
+        if m.host not in LOOPBACK_HOSTS:
             log.warning("metrics on %s are reachable from the network, without authentication",
                         m.host)
         return metrics

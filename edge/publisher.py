@@ -80,6 +80,9 @@ def encode_png(gray_or_bgr: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
 def network_reachable(address: str) -> bool:
     """A tcp bind other than loopback (ipc:// and inproc:// stay on the machine)."""
     local = any(h in address for h in ("127.0.0.1", "localhost", "[::1]"))
