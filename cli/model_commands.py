@@ -428,7 +428,7 @@ def add_bundle(sub) -> None:
     v.add_argument("bundle", help="bundle directory")
     v.add_argument("--backend", action="append", help="backend(s) to check (default auto)")
     v.add_argument("--checkpoint", help="also check that the bundle was exported from this file")
-    v.add_argument("--precision", default="fp32", choices=["fp16", "fp32"],
+    v.add_argument("--precision", default="fp32", choices=["fp16", "fp32", "bf16"],
                    help="tolerances (and TensorRT engine precision) to apply")
     v.add_argument("--json", help="write the report(s) as JSON here")
     v.set_defaults(func=cmd_bundle_verify)

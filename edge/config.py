@@ -76,12 +76,20 @@ class ModelSection(Strict):
     backend: Literal[KINDS] = "auto"  # type: ignore[valid-type]
     threads: int | None = Field(None, ge=1, description="CPU threads for the backend")
     max_batch: int = Field(64, ge=1, le=4096, description="most tiles per backend call")
-    precision: Literal["fp16", "fp32"] = Field("fp16", description="GPU precision (TensorRT "
-                                               "engine, torch autocast, ORT GPU providers)")
+    precision: Literal["fp16", "fp32", "bf16"] = Field(
+        "fp16", description="GPU precision (TensorRT engine, torch autocast, ORT GPU providers); "
+        "bf16: OpenVINO on a CPU with BF16, behind the parity gate")
     rebuild_engines: bool = Field(False, description="TensorRT: build (and check) an engine for "
                                   "this GPU when the bundle has none that matches")
     triton: TritonSection = Field(default_factory=TritonSection, description="the server for "
                                   "backend: triton (never chosen by auto)")
+
+    @model_validator(mode="after")
+    def _bf16_is_openvino(self):
+        if self.precision == "bf16" and self.backend != "openvino":
+            raise ValueError("precision bf16 runs on backend openvino only; set model.backend: "
+                             "openvino or model.precision: fp32")
+        return self
 
 
 class CalibrationSection(Strict):

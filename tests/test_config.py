@@ -295,7 +295,7 @@ def test_unknown_key_with_no_close_match_lists_known_keys():
      model:
        backend: cuda
      """), "pathwatch.yaml:2: model.backend: must be 'auto', 'onnxruntime', "
-                       "'tensorrt', 'torch' or 'triton' (got 'cuda')"),
+                       "'tensorrt', 'torch', 'openvino' or 'triton' (got 'cuda')"),
     (with_camera("""\
      model:
        threads: two

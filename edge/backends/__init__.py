@@ -1,5 +1,7 @@
-"""Backends run a bundle's pipeline graph: onnxruntime, tensorrt, torch, or a Triton server,
-chosen by config (`auto` never picks triton: it needs a server named in the config).
+"""Backends run a bundle's pipeline graph: onnxruntime, tensorrt, torch, openvino, or a Triton
+server, chosen by config (`auto` never picks triton: it needs a server named in the config; nor
+openvino: on the CPUs measured its FP32 is slower than onnxruntime and its BF16 misses the
+parity gate, docs/performance.md).
 
 `auto` takes the fastest one this machine can run and says why; every choice is logged, so a
 device that quietly fell back to the CPU is visible in the first lines of the log.
@@ -14,7 +16,7 @@ from ..bundle import Bundle
 from .base import Backend, BackendError
 from .triton_backend import BackendUnavailable, TritonBackend
 
-KINDS = ("auto", "onnxruntime", "tensorrt", "torch", "triton")
+KINDS = ("auto", "onnxruntime", "tensorrt", "torch", "openvino", "triton")
 
 
 @dataclass
@@ -104,6 +106,9 @@ def load_backend(bundle: Bundle, kind: str = "auto", *, max_batch: int = 64,
                                               fp16=precision == "fp16")
     elif name == "tensorrt":
         backend = _tensorrt(bundle, max_batch, cache_dir, precision, rebuild_engines, log)
+    elif name == "openvino":
+        from .openvino_backend import OpenVinoBackend
+        backend = OpenVinoBackend(bundle, max_batch, threads, precision)
     elif name == "triton":
         backend = TritonBackend(bundle, max_batch, **dict(triton or {}))
     else:
