@@ -276,6 +276,8 @@ def add_export(sub) -> None:
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--max-batch", type=int, default=64, help="largest batch the engines take")
     p.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines here")
+    p.add_argument("--no-cheap-head", action="store_true", help="leave out the one-step head "
+                   "that dynamic steps run on every tile (written by default when K > 1)")
     p.add_argument("--precision", action="append", choices=["fp16", "fp32"],
                    help="TensorRT precision, repeatable (default fp16)")
     p.add_argument("--json", help="write the parity report(s) as JSON here")
@@ -309,7 +311,8 @@ def cmd_export(a) -> int:
         try:
             result = export_bundle(a.checkpoint, a.out, spec, sched, a.k, a.config,
                                    a.parity_data or DEFAULT_PARITY_DATA, a.parity_n, a.opset,
-                                   a.max_batch, log=log, progress=stages)
+                                   a.max_batch, log=log, progress=stages,
+                                   cheap_head=not a.no_cheap_head)
         except ParityFailure as e:
             stages.failed()
             failure = e

@@ -9,6 +9,8 @@ A bundle is a directory:
     parity.npz           a few real images with the torch outputs recorded at export, so
                          `pathwatch bundle verify` can check any backend on any device
     engines/             TensorRT engines, named by GPU, TensorRT version and precision
+    cheap/               optional: the same model at the schedule's first timestep alone (a
+                         bundle of its own), the cheap pass of dynamic steps
 
 Loading checks the manifest's shape and the graph's hash, and that the contract embedded in
 the graph's metadata agrees with the manifest (read from the ONNX file directly, so every
@@ -33,6 +35,7 @@ MANIFEST = "manifest.json"
 GRAPH = "pipeline.onnx"
 WEIGHTS = "weights.safetensors"
 PARITY = "parity.npz"
+CHEAP = "cheap"  # the one-step head for dynamic steps: a bundle of its own inside this one
 CONTRACT_KEY = "pathwatch.contract"  # ONNX metadata_props key holding contract_of(manifest)
 
 REQUIRED = {
@@ -425,6 +428,19 @@ class Bundle:
         raw = self.manifest.raw
         return {"weights_sha256": self.weights_sha256, "graph_sha256": self.manifest.graph.sha256,
                 "schedule": raw["schedule"], "features": raw["features"]}
+
+    def cheap_head(self) -> "Bundle | None":
+        """The one-step head for dynamic steps (None when the bundle has none); refused when
+        it is not this model's first step with the same features."""
+        root = self.root / CHEAP
+        if not (root / MANIFEST).is_file():
+            return None
+        head = Bundle.load(root)
+        if head.weights_sha256 != self.weights_sha256 or head.feature_names != self.feature_names \
+                or head.feature_spec != self.feature_spec or head.timesteps != self.timesteps[:1]:
+            raise BundleError(f"{root} is not this bundle's one-step head (other weights, "
+                              "features or timestep); re-export the bundle")
+        return head
 
     def parity_reference(self) -> dict[str, np.ndarray] | None:
         """Images and torch outputs recorded at export (None for a bundle without them)."""

@@ -189,6 +189,9 @@ class Calibration:
         self.std = np.array([t["std"] for t in tiles], np.float64)
         self.active = np.array([t["active"] for t in tiles], bool)
         self._read_tail()
+        # The one-step head's own calibration (dynamic steps): decides which tiles get the
+        # full schedule; nested in the file so the two never come from different windows.
+        self.cheap: Calibration | None = None
 
     def _read_tail(self) -> None:
         """The out-of-fold scores and their tail fit, parsed once (None in version 1 files)."""
@@ -314,16 +317,35 @@ class Calibration:
             raise CalibrationError(f"{path} is not a pathwatch calibration (format {FORMAT} "
                                    f"version {VERSION}); recalibrate")
         try:
-            densities = [load_density(t["density"]) if t["active"] else None for t in data["tiles"]]
-            cal = cls(data, densities)
-            if not (np.all(np.isfinite(cal.mean)) and np.all(cal.std > 0)):
-                raise ValueError("a tile's mean/std is not finite and positive")
-            if len({d.dim for d in densities if d is not None}) > 1:
-                raise ValueError("the tiles' densities expect different numbers of features")
+            cal = cls.from_data(data)
+            if data.get("cheap") is not None:
+                if not isinstance(data["cheap"], dict):
+                    raise ValueError("cheap must be an object (the one-step head's calibration)")
+                cal.cheap = cls.from_data(data["cheap"])
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             what = f"missing {e}" if isinstance(e, KeyError) else str(e)
             raise CalibrationError(f"{path} is damaged ({what}); recalibrate") from None
         return cal
+
+    @classmethod
+    def from_data(cls, data: dict) -> "Calibration":
+        """A calibration from its file's JSON (ValueError, KeyError or TypeError if damaged)."""
+        densities = [load_density(t["density"]) if t["active"] else None for t in data["tiles"]]
+        cal = cls(data, densities)
+        if not (np.all(np.isfinite(cal.mean)) and np.all(cal.std > 0)):
+            raise ValueError("a tile's mean/std is not finite and positive")
+        if len({d.dim for d in densities if d is not None}) > 1:
+            raise ValueError("the tiles' densities expect different numbers of features")
+        return cal
+
+    def with_cheap(self, cheap: "Calibration | None") -> "Calibration":
+        """Attach (or drop) the one-step head's calibration; saved inside this file."""
+        self.cheap = cheap
+        if cheap is None:
+            self.data.pop("cheap", None)
+        else:
+            self.data["cheap"] = cheap.data
+        return self
 
     def check(self, bundle_identity: dict, grid: TileGrid, path: str | Path = "calibration") -> None:
         """Refuse a calibration made for another bundle or another tile layout."""

@@ -52,6 +52,7 @@ from .calibration import (MIN_CALIBRATION_FRAMES, Calibration, CalibrationError,
                           CalibrationWindow, fit_calibration)
 from .clock import RateMeter
 from .config import CameraConfig, Config
+from .dynamic_steps import DynamicSteps
 from .feedback import AlertFrames, alert_frames_dir
 from .gating import ChangeGate, noise_level
 from .publisher import encode_jpeg, encode_png
@@ -99,11 +100,14 @@ class Collection:
         self.features: list[np.ndarray] = []
         self.times: list[float] = []
         self.noise: list[float] = []  # noise between consecutive frames (change gating)
+        self.cheap: list[np.ndarray] = []  # the one-step head's features (dynamic steps)
         self.dropped_before = dropped_before
 
-    def add(self, frame: Frame, features: np.ndarray) -> None:
+    def add(self, frame: Frame, features: np.ndarray, cheap: np.ndarray | None = None) -> None:
         self.features.append(features)
         self.times.append(frame.time)
+        if cheap is not None:
+            self.cheap.append(cheap)
 
     @property
     def scene_seconds(self) -> float:
@@ -140,6 +144,7 @@ class CameraStats:
     latency_p99_ms: float | None
     refused: str | None
     tiles_sent: float | None = None  # share of tiles sent to the backend (change gating)
+    tiles_escalated: float | None = None  # share given the full schedule (dynamic steps)
 
     @property
     def online(self) -> bool:
@@ -170,8 +175,10 @@ class Camera:
     status, which arrives on the capture thread and is only passed on."""
 
     def __init__(self, cfg: CameraConfig, config: Config, bundle: Bundle, plan: CalibrationPlan,
-                 on_status: StatusCallback):
+                 on_status: StatusCallback, cheap: Bundle | None = None):
+        """`cheap`: the bundle's one-step head when the daemon runs dynamic steps."""
         self.cfg, self.config, self.bundle, self.plan = cfg, config, bundle, plan
+        self.cheap = cheap
         self.on_status = on_status
         # `pathwatch calibrate` plays a recording once, in scene time: every frame at the fps
         # cap, however slow the CPU, and never the same stretch twice.
@@ -202,6 +209,7 @@ class Camera:
         self._last_p_normal: float | None = None
         self._last_score_sent = -math.inf
         self.gate: ChangeGate | None = None  # made with a calibration that measured noise
+        self.steps: DynamicSteps | None = None  # made with a calibration of both heads
         self._cut: tuple[np.ndarray, np.ndarray | None] | None = None  # this frame's tiles, mask
 
     @property
@@ -257,6 +265,7 @@ class Camera:
                 self.calibration = Calibration.load(path)
                 self._retarget()
                 self._make_gate()
+                self._make_steps()
                 self.lifecycle = Lifecycle.PENDING  # checked against the first frame's grid
                 return
             except CalibrationError as e:
@@ -322,6 +331,8 @@ class Camera:
                              tuple(c.roi), [tuple(r) for r in c.ignore], c.exposure)
         if self.gate is not None:
             self.gate.reset()  # tiles of another size or place
+        if self.steps is not None:
+            self.steps.reset()
         if self.calibration is None:
             return self.lifecycle is not Lifecycle.REFUSED
         try:
@@ -371,22 +382,45 @@ class Camera:
         self._cut = (tiles, mask)
         return tiles[mask]
 
-    def observe(self, frame: Frame, features: np.ndarray, maps: np.ndarray) -> FrameResult:
-        """One frame's tile features (and error maps) from the backend: collected while
-        calibrating, scored otherwise. Returns what to publish."""
+    @property
+    def wants_cheap(self) -> bool:
+        """Whether this frame's tiles go through the one-step head first: while collecting
+        (both heads are calibrated on one window) and while scoring with dynamic steps."""
+        if self.cheap is None:
+            return False
+        return self.collecting or (self.steps is not None and self.lifecycle is Lifecycle.SCORING)
+
+    def escalate(self, tiles: np.ndarray, cheap_features: np.ndarray | None) -> np.ndarray:
+        """Of the tiles `tiles()` returned, those the full schedule must evaluate: all of them,
+        or with dynamic steps those the one-step head finds near its threshold."""
+        if cheap_features is None or self.steps is None or self.lifecycle is not Lifecycle.SCORING:
+            return tiles
+        _, mask = self._cut
+        idx = np.flatnonzero(mask) if mask is not None else np.arange(len(tiles))
+        return tiles[self.steps.select(idx, cheap_features, force=self.tracker.active)]
+
+    def observe(self, frame: Frame, features: np.ndarray, maps: np.ndarray,
+                cheap: tuple[np.ndarray, np.ndarray] | None = None) -> FrameResult:
+        """One frame's tile features (and error maps) from the backend, and the one-step
+        head's (features, maps) when it ran: collected while calibrating, scored otherwise.
+        Returns what to publish."""
         self._processed.tick(time.monotonic())
         tiles, mask = self._cut or (None, None)
+        scores = None
+        if cheap is not None and self.steps is not None and self.lifecycle is Lifecycle.SCORING:
+            features, maps, scores = self.steps.merge(features, maps, cheap[1])
         if mask is not None and self.gate is not None:
-            features, maps = self.gate.merge(mask, tiles, features, maps, frame.time)
+            features, maps = self.gate.merge(mask, tiles, features, maps, frame.time, scores)
+            scores = None if scores is None else self.gate.scores.copy()
         if self.collecting:
-            self._collect(frame, features)
+            self._collect(frame, features, None if cheap is None else cheap[0])
             return FrameResult()
         if self.lifecycle is not Lifecycle.SCORING:
             return FrameResult()
-        return self._score(frame, features, maps)
+        return self._score(frame, features, maps, scores)
 
-    def _collect(self, frame: Frame, features: np.ndarray) -> None:
-        self._collection.add(frame, features)
+    def _collect(self, frame: Frame, features: np.ndarray, cheap: np.ndarray | None) -> None:
+        self._collection.add(frame, features, cheap)
         if self._collection.complete(self.plan):
             self._finish_calibration()
 
@@ -452,6 +486,7 @@ class Camera:
             return
         cal = self.calibration = result
         self._make_gate()
+        self._make_steps()
         self.calibrated_here = True
         self.lifecycle = Lifecycle.SCORING
         if cal.trimmed:
@@ -472,15 +507,41 @@ class Camera:
             log.warning("camera %s: change gating stays off: %s measured no sensor noise "
                         "(recalibrate to turn it on)", self.name, self.calibration_path)
 
+    def _make_steps(self) -> None:
+        """Dynamic steps with the calibration's one-step head, when they are on and both the
+        bundle and the calibration have one."""
+        ds, cal = self.config.dynamic_steps, self.calibration
+        self.steps = None
+        if not ds.enabled or self.cheap is None or cal is None:
+            return
+        if cal.cheap is None:
+            log.warning("camera %s: dynamic steps stay off: %s has no one-step calibration "
+                        "(recalibrate to turn them on)", self.name, self.calibration_path)
+        elif cal.cheap.facts.bundle_graph_sha256 != self.cheap.manifest.graph.sha256:
+            log.warning("camera %s: dynamic steps stay off: %s's one-step calibration is for "
+                        "another graph (recalibrate)", self.name, self.calibration_path)
+        else:
+            self.steps = DynamicSteps(cal, ds.margin)
+
     def _fit(self, w: Collection) -> Calibration:
+        cal = self._fit_head(w, np.stack(w.features), self.bundle)
+        if self.cheap is not None and len(w.cheap) == len(w.features):
+            try:
+                cal.with_cheap(self._fit_head(w, np.stack(w.cheap), self.cheap))
+            except CalibrationError as e:  # the full head alone still scores
+                log.warning("camera %s: no one-step calibration, dynamic steps off: %s",
+                            self.name, e)
+        return cal
+
+    def _fit_head(self, w: Collection, features: np.ndarray, bundle: Bundle) -> Calibration:
         c = self.config.calibration
         times = np.asarray(w.times) - w.times[0]
         # The rate frames were actually scored at (a busy CPU falls short of the fps cap).
         fps = (len(times) - 1) / times[-1] if times[-1] > 0 else (self.cfg.fps or 1.0)
-        density = c.density if c.density != "auto" else self.bundle.default_density
+        density = c.density if c.density != "auto" else bundle.default_density
         cal = fit_calibration(
-            self.name, np.stack(w.features), self.grid, self.bundle.identity(),
-            self.bundle.label, density=density, holdout=c.holdout,
+            self.name, features, self.grid, bundle.identity(),
+            bundle.label, density=density, holdout=c.holdout,
             false_alarms_per_hour=c.false_alarms_per_hour, fps=round(fps, 3),
             trigger=self.config.alerts.trigger_frames, window=self.config.alerts.window_frames,
             source=self.source.spec.describe(),  # URL passwords masked
@@ -491,8 +552,10 @@ class Camera:
                                  "frame_pairs": len(w.noise)}
         return cal
 
-    def _score(self, frame: Frame, features: np.ndarray, maps: np.ndarray) -> FrameResult:
-        tile_scores = self.calibration.tile_scores(features)
+    def _score(self, frame: Frame, features: np.ndarray, maps: np.ndarray,
+               tile_scores: np.ndarray | None = None) -> FrameResult:
+        if tile_scores is None:
+            tile_scores = self.calibration.tile_scores(features)
         score, tile = self.calibration.frame_score(tile_scores)
         score = min(score, SCORE_CEILING)
         self._last_score = score
@@ -581,6 +644,7 @@ class Camera:
         self._calibration_mtime = _mtime(path)
         self._retarget()
         self._make_gate()
+        self._make_steps()
         if self.grid is None:
             self.lifecycle = Lifecycle.PENDING
             return
@@ -616,7 +680,9 @@ class Camera:
             latency_p99_ms=round(lat[int(len(lat) * 0.99)], 1) if lat else None,
             refused=self.refused,
             tiles_sent=None if self.gate is None or self.gate.share_sent() is None
-            else round(self.gate.share_sent(), 3))
+            else round(self.gate.share_sent(), 3),
+            tiles_escalated=None if self.steps is None or self.steps.share_escalated() is None
+            else round(self.steps.share_escalated(), 3))
 
 
 def _mtime(path) -> int | None:

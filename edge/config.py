@@ -106,6 +106,16 @@ class CalibrationSection(Strict):
     density: Literal["auto", "gmm-bic", "gmm-cv", "kde"] = "auto"
 
 
+class DynamicStepsSection(Strict):
+    """Dynamic steps (edge/dynamic_steps.py): every tile gets the bundle's one-step head; the
+    full schedule runs only on tiles whose cheap score comes near that head's threshold."""
+    enabled: bool = Field(True, description="cheap pass first, the full schedule where it is "
+                          "near the threshold (needs a bundle with a one-step head)")
+    margin: float = Field(0.25, ge=0.0, le=1.0, description="escalate a tile when its cheap "
+                          "score reaches this share of the cheap head's threshold (lower: "
+                          "more tiles get the full schedule)")
+
+
 class GatingSection(Strict):
     """Change gating (edge/gating.py): a tile whose pixels changed less than the camera's
     sensor noise (measured by its calibration) reuses its last features."""
@@ -284,6 +294,7 @@ class Config(Strict):
     model: ModelSection = Field(default_factory=ModelSection)
     calibration: CalibrationSection = Field(default_factory=CalibrationSection)
     gating: GatingSection = Field(default_factory=GatingSection)
+    dynamic_steps: DynamicStepsSection = Field(default_factory=DynamicStepsSection)
     alerts: AlertsSection = Field(default_factory=AlertsSection)
     publisher: PublisherSection = Field(default_factory=PublisherSection)
     journal: JournalSection = Field(default_factory=JournalSection)

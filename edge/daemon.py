@@ -23,7 +23,8 @@ from typing import Callable
 import numpy as np
 
 from .alerts import AlertEvent, left_open
-from .backends import BackendUnavailable, load_backend
+from .backends import Backend, BackendUnavailable, load_backend
+from .bundle import BundleError
 from .camera import AlertMessage, CalibrationPlan, Camera, CameraStats, FrameResult
 from .config import Config, load_config
 from .journal import Journal
@@ -61,6 +62,8 @@ class Daemon:
         self.started = time.time()
         self.frames_processed = 0
         self._no_tiles = None  # empty features and maps of the backend's shapes
+        self.cheap = self.cheap_backend = None  # dynamic steps' one-step head and its backend
+        self.cheap_seconds = 0.0
         self.frames_unscored = 0  # taken from a camera, dropped: the backend was unavailable
         self._last_unavailable_log = -float("inf")
         self.bus = NoBus()
@@ -80,6 +83,7 @@ class Daemon:
                                     rebuild_engines=cfg.model.rebuild_engines, log=log.info,
                                     triton=cfg.model.triton)
         self._parts.callback(self.backend.close)
+        self.cheap_backend = self._load_cheap_head(cfg)
         if not self.calibrate_only:
             self.bus = self._open_bus()
             self._close_left_open()
@@ -89,6 +93,33 @@ class Daemon:
         if not self.cameras:
             raise DaemonError("no enabled camera to run; check `cameras` in the config")
         self.notify("READY=1")
+
+    def _load_cheap_head(self, cfg: Config) -> Backend | None:
+        """The one-step head's backend for dynamic steps (the same kind as the main one), or
+        None, with the reason, when they stay off."""
+        if not cfg.dynamic_steps.enabled:
+            return None
+        if self.backend.name == "triton":
+            log.info("dynamic steps off: the Triton server serves the full graph only")
+            return None
+        try:
+            head = self.bundle.cheap_head()
+        except BundleError as e:
+            log.warning("dynamic steps off: %s", e)
+            return None
+        if head is None:
+            log.info("dynamic steps off: %s has no one-step head (`pathwatch export` writes one)",
+                     self.bundle.root)
+            return None
+        m = cfg.model
+        backend = load_backend(head, self.backend.name, max_batch=m.max_batch, threads=m.threads,
+                               cache_dir=cfg.cache_path() / "engines", precision=m.precision,
+                               rebuild_engines=m.rebuild_engines, log=log.info)
+        self._parts.callback(backend.close)
+        self.cheap = head
+        log.info("dynamic steps on: %s on every tile, the full schedule where its score reaches "
+                 "%.2f of its threshold", head.label, cfg.dynamic_steps.margin)
+        return backend
 
     def _open_bus(self) -> AlertBus:
         cfg = self.config
@@ -157,7 +188,8 @@ class Daemon:
         """Every enabled camera, nothing started yet: a source that can never work raises
         SourceError here, before anything running is touched."""
         return {cam.name: Camera(cam, cfg, self.bundle, self._plan(cam.name, cfg),
-                                  lambda *status: self.bus.status(*status))
+                                  lambda *status: self.bus.status(*status),
+                                  cheap=self.cheap if self.cheap_backend is not None else None)
                 for cam in cfg.cameras
                 if cam.enabled and not (self.only and cam.name not in self.only)}
 
@@ -199,6 +231,13 @@ class Daemon:
 
     def _process(self, batch: list[tuple[Camera, Frame]]) -> None:
         tiles = [camera.tiles(frame) for camera, frame in batch]
+        try:
+            cheap = self._cheap_pass(batch, tiles)
+        except BackendUnavailable as e:
+            self._unscored(batch, e)
+            return
+        tiles = [camera.escalate(t, None if c is None else c[0])
+                 for (camera, _), t, c in zip(batch, tiles, cheap)]
         count = sum(len(t) for t in tiles)
         if count == 0 and self._no_tiles is not None:  # change gating: nothing changed
             feats, maps = self._no_tiles
@@ -212,16 +251,32 @@ class Daemon:
             self.metrics.backend_call(time.perf_counter() - t0, count)
             self._no_tiles = (feats[:0], maps[:0])
         offset = 0
-        for (camera, frame), t in zip(batch, tiles):
+        for (camera, frame), t, c in zip(batch, tiles, cheap):
             part = slice(offset, offset + len(t))
             offset += len(t)
             collecting = camera.collecting
-            result = camera.observe(frame, feats[part], maps[part])
+            result = camera.observe(frame, feats[part], maps[part], c)
             self.frames_processed += 1
             if collecting:
                 done, total = camera.collection_progress()
                 self.on_progress(camera.name, done if camera.collecting else total, total)
             self._publish(camera, result)
+
+    def _cheap_pass(self, batch: list[tuple[Camera, Frame]],
+                    tiles: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """Dynamic steps: the one-step head on the tiles of every camera that wants it (one
+        call for all of them); per camera its (features, maps), or None."""
+        want = [self.cheap_backend is not None and camera.wants_cheap for camera, _ in batch]
+        if not any(want):
+            return [None] * len(batch)
+        t0 = time.perf_counter()
+        feats, maps = self.cheap_backend(np.concatenate([t for t, w in zip(tiles, want) if w]))
+        self.cheap_seconds += time.perf_counter() - t0
+        out, offset = [], 0
+        for t, w in zip(tiles, want):
+            out.append((feats[offset:offset + len(t)], maps[offset:offset + len(t)]) if w else None)
+            offset += len(t) if w else 0
+        return out
 
     def _unscored(self, batch: list[tuple[Camera, Frame]], error: Exception) -> None:
         """The backend's server is gone: the pass's frames are dropped and counted, the loop

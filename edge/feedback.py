@@ -120,6 +120,9 @@ def mark_normal(config, alert_id: str) -> str:
     refit = _refit(cal, new_window, config, camera)
     if "noise" in cal.data:  # the camera's sensor noise did not change
         refit.data["noise"] = cal.data["noise"]
+    # The one-step head only picks the tiles the refitted full head sees: an alert it finds
+    # near its threshold still goes to the full head, which now calls it normal.
+    refit.with_cheap(cal.cheap)
     refit.data["frames"]["feedback"] = history + [
         {"alert_id": alert_id, "frames": int(len(extra)), "marked": iso_now("seconds")}]
     new_window.save(cal_path)  # the frames first: the daemon watches the calibration file

@@ -45,7 +45,7 @@ class ChangeGate:
     def reset(self) -> None:
         """Forget every tile (a new grid, a reloaded calibration)."""
         self.reference = None  # the tiles as last evaluated
-        self.features = self.maps = None
+        self.features = self.maps = self.scores = None
         self.evaluated_at = None
         self.sent = self.reused = 0
 
@@ -58,17 +58,25 @@ class ChangeGate:
         return changed | (now - self.evaluated_at >= self.max_age_s)
 
     def merge(self, mask: np.ndarray, tiles: np.ndarray, features: np.ndarray,
-              maps: np.ndarray, now: float) -> tuple[np.ndarray, np.ndarray]:
-        """Every tile's features and maps: new ones where `mask`, kept ones elsewhere."""
+              maps: np.ndarray, now: float,
+              scores: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Every tile's features and maps: new ones where `mask`, kept ones elsewhere.
+        `scores` (dynamic steps score tiles as they are evaluated) are kept the same way, in
+        `self.scores`."""
         if self.reference is None or self.reference.shape != tiles.shape:
             if not mask.all():
                 raise ValueError("the first frame of a grid must evaluate every tile")
             self.reference, self.features, self.maps = tiles.copy(), features.copy(), maps.copy()
             self.evaluated_at = np.full(len(tiles), now)
+            self.scores = None if scores is None else np.array(scores, np.float64)
         else:
             self.reference[mask], self.features[mask], self.maps[mask] = \
                 tiles[mask], features, maps
             self.evaluated_at[mask] = now
+            if scores is not None:
+                if self.scores is None:  # dynamic steps came on: unevaluated tiles unknown yet
+                    self.scores = np.full(len(tiles), -np.inf)
+                self.scores[mask] = scores
         n = int(mask.sum())
         self.sent += n
         self.reused += len(mask) - n

@@ -26,7 +26,7 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
-from pathwatch.edge.bundle import (CONTRACT_KEY, FORMAT, FORMAT_VERSION, GRAPH, PARITY, WEIGHTS, Bundle,
+from pathwatch.edge.bundle import (CHEAP, CONTRACT_KEY, FORMAT, FORMAT_VERSION, GRAPH, PARITY, WEIGHTS, Bundle,
                                    canonical, contract_of, default_density, sha256_of)
 from pathwatch.edge.clock import iso_now
 from pathwatch.edge.datasets import PIXEL_SCALE, load_images
@@ -143,7 +143,8 @@ def torch_outputs(pipeline: DiffPathPipeline, images: np.ndarray, batch: int = P
 
 
 def run_parity(bundle: Bundle, images: np.ndarray, ref_f: np.ndarray, ref_h: np.ndarray,
-               threads: int | None = None, advance: Advance | None = None) -> ParityReport:
+               threads: int | None = None, advance: Advance | None = None,
+               tolerance: str = "fp32") -> ParityReport:
     from pathwatch.edge.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     backend = OnnxRuntimeBackend(bundle, max_batch=64, threads=threads,
@@ -156,7 +157,7 @@ def run_parity(bundle: Bundle, images: np.ndarray, ref_f: np.ndarray, ref_h: np.
         if advance:
             advance(len(f))
     feats, maps = np.concatenate(feats), np.concatenate(maps)
-    return compare("onnxruntime-cpu", bundle.feature_names, ref_f, ref_h, feats, maps, "fp32")
+    return compare("onnxruntime-cpu", bundle.feature_names, ref_f, ref_h, feats, maps, tolerance)
 
 
 def make_manifest(loaded: LoadedModel, source_sha: str, name: str, sched: ReducedSchedule,
@@ -191,7 +192,11 @@ def export_bundle(checkpoint: str | Path, out: str | Path, spec: FeatureSpec,
                   sched: ReducedSchedule | None = None, k: int = 3, config=None,
                   parity_data=DEFAULT_PARITY_DATA, parity_n: int = 128, opset: int = 17,
                   max_batch: int = 64, threads: int | None = None, log=print,
-                  progress: ExportProgress | None = None) -> ExportResult:
+                  progress: ExportProgress | None = None, cheap_head: bool = True,
+                  model_name: str | None = None, tolerance: str = "fp32") -> ExportResult:
+    """`cheap_head`: with K > 1, also export the one-step head (the schedule's first timestep)
+    into `cheap/`, for dynamic steps (docs/performance.md). `tolerance`: the parity gate's
+    (edge.parity.TOLERANCES)."""
     out = Path(out)
     progress = progress or NoProgress()
     seconds: dict[str, float] = {}
@@ -209,7 +214,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, spec: FeatureSpec,
     else:  # a foreign .pt becomes safetensors with its config inside
         save_checkpoint(loaded.model, stage / WEIGHTS)
     loaded.weights_sha256 = sha256_of(stage / WEIGHTS)
-    name = loaded.path.parent.name if loaded.path.stem in ("ema", "model") else loaded.path.stem
+    name = model_name or (loaded.path.parent.name if loaded.path.stem in ("ema", "model")
+                          else loaded.path.stem)
     manifest = make_manifest(loaded, source_sha, name, sched, spec, opset, max_batch)
 
     pipeline = build_pipeline(loaded, sched, spec)
@@ -229,7 +235,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, spec: FeatureSpec,
     write_json_atomic(stage / "manifest.json", manifest)
     bundle = Bundle.load(stage)
     advance(0, "onnxruntime")
-    report = run_parity(bundle, images, ref_f, ref_h, threads, advance)
+    report = run_parity(bundle, images, ref_f, ref_h, threads, advance, tolerance)
     advance(0, "passed" if report.passed else "FAILED")
     seconds["parity"] = time.perf_counter() - t1
     progress.stage("write bundle")
@@ -245,11 +251,31 @@ def export_bundle(checkpoint: str | Path, out: str | Path, spec: FeatureSpec,
         shutil.rmtree(failed, ignore_errors=True)
         stage.rename(failed)
         raise ParityFailure(report, failed)
+    if cheap_head and len(sched.timesteps) > 1:
+        _export_cheap_head(stage, loaded, sched, spec, parity_data, parity_n, opset, max_batch,
+                           threads, log, name)
     if out.exists():
         shutil.rmtree(out)
     stage.rename(out)
     progress.stage(None)
     return ExportResult(Bundle.load(out), report, seconds)
+
+
+def _export_cheap_head(stage: Path, loaded: LoadedModel, sched: ReducedSchedule, spec, parity_data,
+                       parity_n: int, opset: int, max_batch: int, threads, log, name: str) -> None:
+    """The one-step head beside the bundle (`cheap/`, a bundle of its own, same weights); a
+    head that misses its parity gate is left out with the reason (dynamic steps stay off).
+    It only picks the tiles the full head sees, so its gate is on scores ("cheap")."""
+    cfg = loaded.config
+    one = ReducedSchedule(cfg.noise_schedule, cfg.diffusion_steps, [int(sched.timesteps[0])])
+    try:
+        export_bundle(stage / WEIGHTS, stage / CHEAP, spec, one, parity_data=parity_data,
+                      parity_n=parity_n, opset=opset, max_batch=max_batch, threads=threads,
+                      log=lambda m: None, cheap_head=False, model_name=name, tolerance="cheap")
+        log(f"cheap head for dynamic steps (timestep {one.timesteps[0]}) in {CHEAP}/")
+    except ParityFailure as e:
+        shutil.rmtree(e.where, ignore_errors=True)
+        log(f"no cheap head (dynamic steps off for this bundle): {e.report.summary()}")
 
 
 def parity_json(report: ParityReport) -> str:

@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from pathwatch.edge.bundle import Bundle
+from pathwatch.edge.bundle import CHEAP, Bundle
 from pathwatch.edge.models import SHIPPED, SHIPPED_FILES, default_weights
 
 from .bundle_export import export_bundle
@@ -39,6 +39,10 @@ def main() -> int:
     SHIPPED.mkdir()
     for name in SHIPPED_FILES:  # the weights stay where they are, not twice in the package
         shutil.copyfile(bundle.root / name, SHIPPED / name)
+    if (bundle.root / CHEAP).is_dir():  # the one-step head of dynamic steps
+        (SHIPPED / CHEAP).mkdir()
+        for name in SHIPPED_FILES:
+            shutil.copyfile(bundle.root / CHEAP / name, SHIPPED / CHEAP / name)
     shutil.rmtree(stage)
     print(f"wrote {SHIPPED} ({bundle.label})")
     return 0

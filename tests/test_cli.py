@@ -139,7 +139,7 @@ def test_eval_runs_the_embedded_default_bundle(tmp_path, monkeypatch, capsys):
     assert report["meta"]["schedule"]["timesteps"] == [0, 111, 444]
     assert "default bundle installed at" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "cache" / "bundles").iterdir()] == [
-        "default-926af2901618-6d+ssim-t0-111-444"]
+        "default-926af2901618-6d+ssim-t0-111-444-cheap"]
     assert main(["eval", "--bundle", "default", "--k", "5", "--placement", "uniform", *common]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1

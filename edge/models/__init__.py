@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from ..bundle import Bundle, BundleError, Manifest, sha256_of
+from ..bundle import CHEAP, Bundle, BundleError, Manifest, sha256_of
 
 HERE = Path(__file__).parent
 CARD = HERE / "default.json"
@@ -52,6 +52,8 @@ def default_bundle(cache_dir: str | Path, say: Callable[[str], None] = print) ->
                           "reinstall pathwatch or set model.bundle to an exported bundle")
     ts = "-".join(str(t) for t in s["timesteps"])
     name = f"default-{s['sha256'][:12]}-{s['variant'].replace('/', '-')}-t{ts}"
+    if (SHIPPED / CHEAP / "manifest.json").is_file():
+        name += "-cheap"  # with the one-step head (an install from before it has none)
     target = Path(cache_dir).expanduser() / "bundles" / name
     if (target / "manifest.json").is_file():
         try:
@@ -93,6 +95,11 @@ def _install_shipped(target: Path, weights: Path, say: Callable[[str], None]) ->
         for name in SHIPPED_FILES:
             shutil.copyfile(SHIPPED / name, stage / name)
         shutil.copyfile(weights, stage / "weights.safetensors")
+        if (SHIPPED / CHEAP / "manifest.json").is_file():
+            (stage / CHEAP).mkdir()
+            for name in SHIPPED_FILES:
+                shutil.copyfile(SHIPPED / CHEAP / name, stage / CHEAP / name)
+            shutil.copyfile(weights, stage / CHEAP / "weights.safetensors")
         for attempt in (1, 2):
             try:
                 stage.replace(target)

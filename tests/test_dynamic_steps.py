@@ -1,0 +1,117 @@
+"""Dynamic steps on real models and frames: the export writes a one-step head, the cascade sends
+only tiles near the cheap threshold to the full schedule, an object still gets the full head's
+verdict, and a daemon calibrates both heads and alerts."""
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+from skimage import data
+
+from conftest import daemon_config
+from pathwatch.edge.backends.onnxruntime_backend import OnnxRuntimeBackend
+from pathwatch.edge.bundle import CHEAP, Bundle, BundleError
+from pathwatch.edge.calibration import fit_calibration
+from pathwatch.edge.demo import DemoScene
+from pathwatch.edge.dynamic_steps import DynamicSteps
+from pathwatch.edge.models import SHIPPED
+from pathwatch.edge.subscriber import AlertSubscriber
+from pathwatch.edge.tiles import TileGrid
+from test_daemon import _log, collect, launch
+from test_faults import _first, write_clip_ending_on_an_object
+
+
+def test_export_writes_a_one_step_head(tiny_bundle):
+    bundle = Bundle.load(tiny_bundle)
+    head = bundle.cheap_head()
+    assert head is not None and head.timesteps == bundle.timesteps[:1]
+    assert head.weights_sha256 == bundle.weights_sha256
+    assert head.manifest.raw["parity"]["onnxruntime_cpu"]["passed"]
+
+
+def test_a_head_of_another_model_is_refused(tiny_bundle, tmp_path):
+    shipped = tmp_path / "shipped"
+    shutil.copytree(SHIPPED, shipped)
+    shutil.rmtree(shipped / CHEAP)
+    shutil.copytree(tiny_bundle / CHEAP, shipped / CHEAP)
+    with pytest.raises(BundleError, match="not this bundle's one-step head"):
+        Bundle.load(shipped).cheap_head()
+
+
+def _calibrated(frames: int = 80):
+    """The shipped model's two heads, calibrated on the demo's normal frames at 5 fps."""
+    full = Bundle.load(SHIPPED)
+    cheap = full.cheap_head()
+    scene = DemoScene(seed=0, script="normal")
+    first = scene.frame(0)[0]
+    grid = TileGrid(first.shape[1], first.shape[0], full.image_size[0], 4, 3)
+    tiles = np.stack([grid.cut(scene.frame(2 * i)[0]) for i in range(frames)])
+    runs = {}
+    for name, b in (("full", full), ("cheap", cheap)):
+        backend = OnnxRuntimeBackend(b, 64, 1)
+        feats = np.stack([backend(t)[0] for t in tiles])
+        runs[name] = (backend, fit_calibration("cam", feats, grid, b.identity(), b.label,
+                                               density=b.default_density, fps=5.0))
+    cal = runs["full"][1].with_cheap(runs["cheap"][1])
+    return grid, scene, runs["full"][0], runs["cheap"][0], cal
+
+
+def test_the_cascade_escalates_an_object_and_spares_the_normal_tiles():
+    grid, scene, full, cheap, cal = _calibrated()
+    steps = DynamicSteps(cal, margin=0.25)
+    idx = np.arange(grid.count)
+    escalated_normal = []
+    for i in range(100, 130):  # normal frames after the window
+        tiles = grid.cut(scene.frame(2 * i)[0])
+        c_feats, c_maps = cheap(tiles)
+        up = steps.select(idx, c_feats, force=False)
+        f_feats, f_maps = full(tiles[up])
+        feats, maps, scores = steps.merge(f_feats, f_maps, c_maps)
+        if i > 100:  # the first frame escalates every tile: none had a full evaluation
+            escalated_normal.append(up.mean())
+        assert (scores[~up] < 0.25 * cal.threshold).all()  # spared tiles lie well below
+        assert maps.shape == (grid.count, *tiles.shape[1:3])
+    assert np.mean(escalated_normal) < 0.5, escalated_normal
+
+    tiles = grid.cut(scene.frame(300)[0])
+    h, w = tiles.shape[1:3]
+    tiles[5] = cv2.resize(data.coffee(), (w, h), interpolation=cv2.INTER_AREA)  # a parcel
+    c_feats, c_maps = cheap(tiles)
+    up = steps.select(idx, c_feats, force=False)
+    assert up[5], "the object's tile must get the full schedule"
+    f_feats, f_maps = full(tiles[up])
+    _, _, scores = steps.merge(f_feats, f_maps, c_maps)
+    want = cal.tile_scores(full(tiles)[0])[5]
+    assert scores[5] == pytest.approx(want, rel=1e-6) and scores[5] > cal.threshold
+    assert steps.select(idx, c_feats, force=True).all()  # an open alert: every tile
+
+
+def test_a_daemon_calibrates_both_heads_and_alerts(tmp_path, tiny_bundle):
+    video = write_clip_ending_on_an_object(tmp_path / "clip.avi", normal=80, anomaly=60)
+    config = daemon_config(tmp_path, tiny_bundle, str(video), on_end="loop")
+    cfg = yaml.safe_load(config.read_text())
+    cfg["dynamic_steps"] = {"enabled": True, "margin": 0.25}
+    config.write_text(yaml.safe_dump(cfg))
+    proc = launch(config)
+    sub = AlertSubscriber(f"ipc://{tmp_path}/pub.sock", f"ipc://{tmp_path}/replay.sock",
+                          topics=("alert.", "heartbeat"))
+    try:
+        got = collect(sub, lambda g: _first(g, "start") is not None, 150)
+        assert _first(got, "start"), _log(proc)
+        got += collect(sub, lambda g: any(m.topic == "heartbeat" for m in g), 10)
+        share = [m.header["cameras"]["cam"]["tiles_escalated"] for m in got
+                 if m.topic == "heartbeat"]
+        assert share and share[-1] is not None and 0 < share[-1] <= 1, share
+        cal = json.loads((tmp_path / "state" / "calibration" / "cam.json").read_text())
+        assert cal["cheap"]["bundle"]["graph_sha256"] == \
+            Bundle.load(tiny_bundle).cheap_head().manifest.graph.sha256
+    finally:
+        sub.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    assert "dynamic steps on" in proc.stderr.read()
