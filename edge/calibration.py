@@ -192,6 +192,7 @@ class Calibration:
         # The one-step head's own calibration (dynamic steps): decides which tiles get the
         # full schedule; nested in the file so the two never come from different windows.
         self.cheap: Calibration | None = None
+        self.cheap_error: str | None = None  # why a saved one-step part could not be read
 
     def _read_tail(self) -> None:
         """The out-of-fold scores and their tail fit, parsed once (None in version 1 files)."""
@@ -318,13 +319,17 @@ class Calibration:
                                    f"version {VERSION}); recalibrate")
         try:
             cal = cls.from_data(data)
-            if data.get("cheap") is not None:
-                if not isinstance(data["cheap"], dict):
-                    raise ValueError("cheap must be an object (the one-step head's calibration)")
-                cal.cheap = cls.from_data(data["cheap"])
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             what = f"missing {e}" if isinstance(e, KeyError) else str(e)
             raise CalibrationError(f"{path} is damaged ({what}); recalibrate") from None
+        if data.get("cheap") is not None:  # a damaged one-step part only turns dynamic steps off
+            try:
+                if not isinstance(data["cheap"], dict):
+                    raise ValueError("it is not an object")
+                cal.cheap = cls.from_data(data["cheap"])
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                what = f"missing {e}" if isinstance(e, KeyError) else str(e)
+                cal.cheap_error = f"{path}: its one-step part ('cheap') is damaged ({what})"
         return cal
 
     @classmethod

@@ -279,6 +279,9 @@ class Camera:
         a = self.config.alerts
         said = self.calibration.retarget(self.config.calibration.false_alarms_per_hour,
                                          a.trigger_frames, a.window_frames)
+        if self.calibration.cheap is not None:  # its level follows the same rule
+            self.calibration.cheap.retarget(self.config.calibration.false_alarms_per_hour,
+                                            a.trigger_frames, a.window_frames)
         if said:
             log.info("camera %s: %s", self.name, said)
 
@@ -514,23 +517,34 @@ class Camera:
         self.steps = None
         if not ds.enabled or self.cheap is None or cal is None:
             return
-        if cal.cheap is None:
+        if cal.cheap_error:
+            log.warning("camera %s: dynamic steps stay off: %s (recalibrate)", self.name,
+                        cal.cheap_error)
+        elif cal.cheap is None:
             log.warning("camera %s: dynamic steps stay off: %s has no one-step calibration "
                         "(recalibrate to turn them on)", self.name, self.calibration_path)
         elif cal.cheap.facts.bundle_graph_sha256 != self.cheap.manifest.graph.sha256:
             log.warning("camera %s: dynamic steps stay off: %s's one-step calibration is for "
                         "another graph (recalibrate)", self.name, self.calibration_path)
+        elif [d is None for d in cal.cheap.densities] != [d is None for d in cal.densities]:
+            log.warning("camera %s: dynamic steps stay off: %s's one-step calibration has "
+                        "other tiles (recalibrate)", self.name, self.calibration_path)
         else:
-            self.steps = DynamicSteps(cal, ds.margin)
+            self.steps = DynamicSteps(cal, ds.margin, self.threshold)
 
     def _fit(self, w: Collection) -> Calibration:
         cal = self._fit_head(w, np.stack(w.features), self.bundle)
-        if self.cheap is not None and len(w.cheap) == len(w.features):
-            try:
-                cal.with_cheap(self._fit_head(w, np.stack(w.cheap), self.cheap))
-            except CalibrationError as e:  # the full head alone still scores
-                log.warning("camera %s: no one-step calibration, dynamic steps off: %s",
-                            self.name, e)
+        if self.cheap is None:
+            return cal
+        if len(w.cheap) != len(w.features):
+            log.warning("camera %s: no one-step calibration, dynamic steps off: the window has "
+                        "%d frames with one-step features of %d", self.name, len(w.cheap),
+                        len(w.features))
+            return cal
+        try:
+            cal.with_cheap(self._fit_head(w, np.stack(w.cheap), self.cheap))
+        except Exception as e:  # noqa: BLE001 - the full head alone still scores
+            log.warning("camera %s: no one-step calibration, dynamic steps off: %s", self.name, e)
         return cal
 
     def _fit_head(self, w: Collection, features: np.ndarray, bundle: Bundle) -> Calibration:

@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from .alerts import AlertEvent, left_open
-from .backends import Backend, BackendUnavailable, load_backend
+from .backends import Backend, BackendError, BackendUnavailable, load_backend
 from .bundle import BundleError
 from .camera import AlertMessage, CalibrationPlan, Camera, CameraStats, FrameResult
 from .config import Config, load_config
@@ -112,9 +112,15 @@ class Daemon:
                      self.bundle.root)
             return None
         m = cfg.model
-        backend = load_backend(head, self.backend.name, max_batch=m.max_batch, threads=m.threads,
-                               cache_dir=cfg.cache_path() / "engines", precision=m.precision,
-                               rebuild_engines=m.rebuild_engines, log=log.info)
+        try:
+            backend = load_backend(head, self.backend.name, max_batch=m.max_batch,
+                                   threads=m.threads, cache_dir=cfg.cache_path() / "engines",
+                                   precision=m.precision, rebuild_engines=m.rebuild_engines,
+                                   log=log.info)
+        except (BackendError, OSError) as e:  # e.g. no TensorRT engine for the one-step graph
+            log.warning("dynamic steps off: the one-step head cannot run on %s: %s",
+                        self.backend.name, e)
+            return None
         self._parts.callback(backend.close)
         self.cheap = head
         log.info("dynamic steps on: %s on every tile, the full schedule where its score reaches "

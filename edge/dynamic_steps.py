@@ -8,8 +8,8 @@ heads' features); the cheap head only decides which tiles the full head sees, so
 always the full head's verdict.
 
 A tile that is not escalated is normal by the cheap head. Its score is the cheap score put on
-the full head's scale (times the ratio of the two thresholds), so the score stream and the
-heatmap stay continuous; it lies below `margin` x the full threshold. Its features (what an
+the full head's scale (times the ratio of the alert threshold to the cheap one), so the score
+stream and the heatmap stay continuous; it lies below `margin` x the alert threshold. Its features (what an
 alert's frames keep for `pathwatch feedback`) are the tile's last full evaluation. Every tile
 is escalated while the camera's alert is open (those frames then carry full features), and a
 tile that never had a full evaluation is escalated on its first frame.
@@ -24,15 +24,21 @@ from .calibration import Calibration
 class DynamicSteps:
     """Per camera: which evaluated tiles get the full schedule, and every tile's latest result."""
 
-    def __init__(self, calibration: Calibration, margin: float):
+    def __init__(self, calibration: Calibration, margin: float, threshold: float | None = None):
+        """`threshold`: the one the camera alerts at (a `threshold:` set in the config or by
+        hand may lie below the calibrated one); the escalation level follows it down, so a
+        tile the full head would put over it is never spared."""
         if calibration.cheap is None:
             raise ValueError("dynamic steps need a calibration with a one-step head")
         self.full, self.cheap = calibration, calibration.cheap
         self.margin = margin
-        self.level = margin * self.cheap.threshold
-        # Thresholds are standardised scores, normally positive; a degenerate one keeps scale 1.
-        self.ratio = (calibration.threshold / self.cheap.threshold
-                      if self.cheap.threshold > 0 and calibration.threshold > 0 else 1.0)
+        alert_at = calibration.threshold if threshold is None else threshold
+        # Thresholds are standardised scores, normally positive; a degenerate one escalates
+        # every tile rather than guess a scale.
+        sane = self.cheap.threshold > 0 and calibration.threshold > 0 and alert_at > 0
+        self.level = (margin * self.cheap.threshold * min(1.0, alert_at / calibration.threshold)
+                      if sane else -np.inf)
+        self.ratio = alert_at / self.cheap.threshold if sane else 1.0
         self.reset()
         self.evaluated = self.escalated = 0
 

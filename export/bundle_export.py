@@ -269,13 +269,19 @@ def _export_cheap_head(stage: Path, loaded: LoadedModel, sched: ReducedSchedule,
     cfg = loaded.config
     one = ReducedSchedule(cfg.noise_schedule, cfg.diffusion_steps, [int(sched.timesteps[0])])
     try:
-        export_bundle(stage / WEIGHTS, stage / CHEAP, spec, one, parity_data=parity_data,
-                      parity_n=parity_n, opset=opset, max_batch=max_batch, threads=threads,
-                      log=lambda m: None, cheap_head=False, model_name=name, tolerance="cheap")
+        # the model as loaded (its config), not whatever the copied weights file says
+        export_bundle(stage / WEIGHTS, stage / CHEAP, spec, one, config=cfg,
+                      parity_data=parity_data, parity_n=parity_n, opset=opset,
+                      max_batch=max_batch, threads=threads, log=lambda m: None,
+                      cheap_head=False, model_name=name, tolerance="cheap")
         log(f"cheap head for dynamic steps (timestep {one.timesteps[0]}) in {CHEAP}/")
     except ParityFailure as e:
         shutil.rmtree(e.where, ignore_errors=True)
         log(f"no cheap head (dynamic steps off for this bundle): {e.report.summary()}")
+    except Exception as e:  # the full bundle stands without it
+        for leftover in (CHEAP + ".partial", CHEAP + ".failed", CHEAP):
+            shutil.rmtree(stage / leftover, ignore_errors=True)
+        log(f"no cheap head (dynamic steps off for this bundle): {e}")
 
 
 def parity_json(report: ParityReport) -> str:

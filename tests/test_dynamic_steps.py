@@ -43,6 +43,11 @@ def test_a_head_of_another_model_is_refused(tiny_bundle, tmp_path):
         Bundle.load(shipped).cheap_head()
 
 
+@pytest.fixture(scope="module")
+def calibrated():
+    return _calibrated()
+
+
 def _calibrated(frames: int = 80):
     """The shipped model's two heads, calibrated on the demo's normal frames at 5 fps."""
     full = Bundle.load(SHIPPED)
@@ -61,8 +66,8 @@ def _calibrated(frames: int = 80):
     return grid, scene, runs["full"][0], runs["cheap"][0], cal
 
 
-def test_the_cascade_escalates_an_object_and_spares_the_normal_tiles():
-    grid, scene, full, cheap, cal = _calibrated()
+def test_the_cascade_escalates_an_object_and_spares_the_normal_tiles(calibrated):
+    grid, scene, full, cheap, cal = calibrated
     steps = DynamicSteps(cal, margin=0.25)
     idx = np.arange(grid.count)
     escalated_normal = []
@@ -91,11 +96,43 @@ def test_the_cascade_escalates_an_object_and_spares_the_normal_tiles():
     assert steps.select(idx, c_feats, force=True).all()  # an open alert: every tile
 
 
+def test_a_lower_alert_threshold_lowers_the_escalation_level(calibrated):
+    """A threshold set in the config (or by hand) below the calibrated one: spared tiles
+    still lie below margin x that threshold, so none the full head would alert on is spared."""
+    grid, scene, full, cheap, cal = calibrated
+    alert_at = cal.threshold / 10
+    steps = DynamicSteps(cal, margin=0.25, threshold=alert_at)
+    assert steps.level == pytest.approx(DynamicSteps(cal, 0.25).level / 10)
+    idx = np.arange(grid.count)
+    for i in range(100, 110):
+        tiles = grid.cut(scene.frame(2 * i)[0])
+        c_feats, c_maps = cheap(tiles)
+        up = steps.select(idx, c_feats, force=False)
+        _, _, scores = steps.merge(*full(tiles[up]), c_maps)
+        assert (scores[~up] < 0.25 * alert_at).all()
+
+
+def test_a_damaged_one_step_part_only_turns_dynamic_steps_off(calibrated, tmp_path):
+    from pathwatch.edge.calibration import Calibration
+
+    cal = calibrated[-1]
+    path = tmp_path / "cam.json"
+    cal.save(path)
+    assert Calibration.load(path).cheap is not None
+    data = json.loads(path.read_text())
+    del data["cheap"]["tiles"][0]["std"]
+    path.write_text(json.dumps(data))
+    loaded = Calibration.load(path)
+    assert loaded.cheap is None and "one-step part ('cheap') is damaged" in loaded.cheap_error
+    assert loaded.threshold == cal.threshold
+
+
 def test_a_daemon_calibrates_both_heads_and_alerts(tmp_path, tiny_bundle):
     video = write_clip_ending_on_an_object(tmp_path / "clip.avi", normal=80, anomaly=60)
     config = daemon_config(tmp_path, tiny_bundle, str(video), on_end="loop")
     cfg = yaml.safe_load(config.read_text())
     cfg["dynamic_steps"] = {"enabled": True, "margin": 0.25}
+    cfg["gating"] = {"enabled": True, "max_age_s": 60.0}  # the escalated tiles are a subset
     config.write_text(yaml.safe_dump(cfg))
     proc = launch(config)
     sub = AlertSubscriber(f"ipc://{tmp_path}/pub.sock", f"ipc://{tmp_path}/replay.sock",
@@ -104,9 +141,10 @@ def test_a_daemon_calibrates_both_heads_and_alerts(tmp_path, tiny_bundle):
         got = collect(sub, lambda g: _first(g, "start") is not None, 150)
         assert _first(got, "start"), _log(proc)
         got += collect(sub, lambda g: any(m.topic == "heartbeat" for m in g), 10)
-        share = [m.header["cameras"]["cam"]["tiles_escalated"] for m in got
-                 if m.topic == "heartbeat"]
+        beats = [m.header["cameras"]["cam"] for m in got if m.topic == "heartbeat"]
+        share = [b["tiles_escalated"] for b in beats]
         assert share and share[-1] is not None and 0 < share[-1] <= 1, share
+        assert beats[-1]["tiles_sent"] is not None and beats[-1]["tiles_sent"] < 0.9
         cal = json.loads((tmp_path / "state" / "calibration" / "cam.json").read_text())
         assert cal["cheap"]["bundle"]["graph_sha256"] == \
             Bundle.load(tiny_bundle).cheap_head().manifest.graph.sha256
