@@ -753,7 +753,8 @@ class Bus:
 
 # ---------------------------------------------------------------------------- the live daemon
 def live_run(n: int, seconds: float, warmup: float, clip: Path, bundle_dir: Path, calibration: Path,
-             backend: str, precision: str, threads: int | None, tmp: Path) -> dict:
+             backend: str, precision: str, threads: int | None, tmp: Path, extra: str = "") -> dict:
+    """`extra`: more top-level config sections (YAML), e.g. dynamic_steps or gating."""
     from pathwatch.edge.subscriber import AlertSubscriber
     run = tmp / f"live-{n}"
     shutil.rmtree(run, ignore_errors=True)
@@ -770,8 +771,8 @@ def live_run(n: int, seconds: float, warmup: float, clip: Path, bundle_dir: Path
         f"model:\n  bundle: {bundle_dir}\n  backend: {backend}\n  precision: {precision}\n"
         + (f"  threads: {threads}\n" if threads else "")
         + f"publisher:\n  bind: ipc://{run}/pub.sock\n  replay_bind: ipc://{run}/replay.sock\n"
-        "metrics:\n  enabled: false\nlogging:\n  level: warning\n"
-        "cameras:\n" + "".join(cams))
+        "metrics:\n  enabled: false\nlogging:\n  level: warning\n" + extra
+        + "cameras:\n" + "".join(cams))
     sub = AlertSubscriber(f"ipc://{run}/pub.sock", f"ipc://{run}/replay.sock", topics=("alert.", "heartbeat"))
     errlog = open(run / "daemon.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "pathwatch.cli", "run", "--config", str(config)],
@@ -821,6 +822,9 @@ def live_run(n: int, seconds: float, warmup: float, clip: Path, bundle_dir: Path
                          if len(bs) > 1 else None,
                          "latency_p50_ms": round(med([b.get("latency_p50_ms") for b in bs]), 1),
                          "latency_p99_ms": round(med([b.get("latency_p99_ms") for b in bs]), 1),
+                         **{k: (round(med(v), 3) if v else None) for k, v in (
+                             (k, [b[k] for b in bs if b.get(k) is not None])
+                             for k in ("tiles_sent", "tiles_escalated"))},
                          "heartbeats": len(bs)}
     fps = [c["process_fps"] for c in per_cam.values()]
     ok = bool(fps) and all(c["heartbeats"] > 0 for c in per_cam.values())
@@ -1142,8 +1146,10 @@ def main(argv=None) -> int:
                 say(f"live daemon: {n} cameras of the 640x480 5 fps clip for {a.live_seconds:.0f} s "
                     f"({backend_cfg} {precision_cfg}, threads {tlabel(t)})")
                 i0 = len(monitor.samples)
+                # dense: every tile, full schedule (benchmarks/cameras.py runs dynamic steps)
                 res = live_run(n, a.live_seconds, a.live_warmup, clip, bundles[a.stage_k].root, cal_path,
-                               backend_cfg, precision_cfg, t, tmp)
+                               backend_cfg, precision_cfg, t, tmp,
+                               extra="dynamic_steps:\n  enabled: false\n")
                 res["threads"] = tlabel(t)
                 res["backend"] = f"{backend_cfg} {precision_cfg}"
                 res["load"] = [round(v, 2) for _, _, v in monitor.samples[i0:]]
