@@ -277,14 +277,17 @@ class Calibration:
             return self._tail.survival(score)
         return max(float(np.mean(self._oof >= score)), 1.0 / len(self._oof))
 
-    def tile_scores(self, features: np.ndarray) -> np.ndarray:
+    def tile_scores(self, features: np.ndarray, tiles: np.ndarray | None = None) -> np.ndarray:
         """(tiles, D) features of one frame -> standardised anomaly score per tile (inactive
-        tiles -inf)."""
-        out = np.full(len(self.densities), -np.inf)
-        for i, d in enumerate(self.densities):
+        tiles -inf). With `tiles` (grid indices), `features` are those tiles' rows only and so
+        is the result."""
+        tiles = np.arange(len(self.densities)) if tiles is None else np.asarray(tiles)
+        out = np.full(len(tiles), -np.inf)
+        for row, i in enumerate(tiles):
+            d = self.densities[i]
             if d is not None:
-                nll = -float(d.score(features[i:i + 1])[0])
-                out[i] = (nll - self.mean[i]) / self.std[i]
+                nll = -float(d.score(features[row:row + 1])[0])
+                out[row] = (nll - self.mean[i]) / self.std[i]
         out[np.isnan(out)] = np.inf  # a non-finite likelihood is as anomalous as it gets
         return out
 

@@ -75,7 +75,7 @@ class DynamicSteps:
         self.known[idx[up]] = True
         scores = z1 * self.ratio
         if up.any():
-            scores[up] = self.full.tile_scores(self.last_full)[idx[up]]
+            scores[up] = self.full.tile_scores(full_features, idx[up])
         maps = np.array(cheap_maps, copy=True)
         maps[up] = full_maps
         return self.last_full[idx].copy(), maps, scores
@@ -84,6 +84,4 @@ class DynamicSteps:
         return self.escalated / self.evaluated if self.evaluated else None
 
     def _cheap_scores(self, idx: np.ndarray, cheap_features: np.ndarray) -> np.ndarray:
-        x = np.zeros((len(self.cheap.densities), cheap_features.shape[1]), np.float32)
-        x[idx] = cheap_features
-        return self.cheap.tile_scores(x)[idx]
+        return self.cheap.tile_scores(cheap_features, idx)
