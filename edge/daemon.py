@@ -63,7 +63,6 @@ class Daemon:
         self.frames_processed = 0
         self._no_tiles = None  # empty features and maps of the backend's shapes
         self.cheap = self.cheap_backend = None  # dynamic steps' one-step head and its backend
-        self.cheap_seconds = 0.0
         self.frames_unscored = 0  # taken from a camera, dropped: the backend was unavailable
         self._last_unavailable_log = -float("inf")
         self.bus = NoBus()
@@ -277,7 +276,7 @@ class Daemon:
             return [None] * len(batch)
         t0 = time.perf_counter()
         feats, maps = self.cheap_backend(np.concatenate([t for t, w in zip(tiles, want) if w]))
-        self.cheap_seconds += time.perf_counter() - t0
+        self.metrics.one_step_call(time.perf_counter() - t0, len(feats))
         out, offset = [], 0
         for t, w in zip(tiles, want):
             out.append((feats[offset:offset + len(t)], maps[offset:offset + len(t)]) if w else None)

@@ -38,6 +38,16 @@ class Metrics:
         self.inference = Histogram("pathwatch_inference_seconds", "Backend call duration (all tiles "
                                    "of a pass)", buckets=LATENCY_BUCKETS, registry=r)
         self.tiles = Counter("pathwatch_tiles_inferred", "Tiles sent to the backend", registry=r)
+        self.one_step = Histogram("pathwatch_one_step_seconds", "One-step head call duration "
+                                  "(dynamic steps: all cameras' tiles of a pass)",
+                                  buckets=LATENCY_BUCKETS, registry=r)
+        self.one_step_tiles = Counter("pathwatch_tiles_one_step", "Tiles sent to the one-step "
+                                      "head (dynamic steps)", registry=r)
+        self.tiles_sent = Gauge("pathwatch_tiles_sent_ratio", "Share of a camera's tiles sent "
+                                "to the backend (change gating)", cam, registry=r)
+        self.tiles_escalated = Gauge("pathwatch_tiles_escalated_ratio", "Share of a camera's "
+                                     "evaluated tiles given the full schedule (dynamic steps)",
+                                     cam, registry=r)
         self.frames_unscored = Counter("pathwatch_frames_unscored", "Frames taken but not "
                                        "scored: the backend (its server) was unavailable",
                                        registry=r)
@@ -66,6 +76,10 @@ class Metrics:
         self.inference.observe(seconds)
         self.tiles.inc(tiles)
 
+    def one_step_call(self, seconds: float, tiles: int) -> None:
+        self.one_step.observe(seconds)
+        self.one_step_tiles.inc(tiles)
+
     def unscored(self, frames: int) -> None:
         self.frames_unscored.inc(frames)
 
@@ -90,6 +104,10 @@ class Metrics:
             self.threshold.labels(name).set(stats.threshold)
         if stats.p_normal is not None:
             self.p_normal.labels(name).set(stats.p_normal)
+        if stats.tiles_sent is not None:
+            self.tiles_sent.labels(name).set(stats.tiles_sent)
+        if stats.tiles_escalated is not None:
+            self.tiles_escalated.labels(name).set(stats.tiles_escalated)
 
     def _advance(self, counter: Counter, name: str, total: float) -> None:
         """A counter from a running total kept elsewhere (a capture thread's count, which
@@ -116,6 +134,9 @@ class NoMetrics:
     nothing recorded."""
 
     def backend_call(self, seconds: float, tiles: int) -> None:
+        pass
+
+    def one_step_call(self, seconds: float, tiles: int) -> None:
         pass
 
     def frame(self, camera: str, latency_s: float | None) -> None:

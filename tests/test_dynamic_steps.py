@@ -22,7 +22,7 @@ from pathwatch.edge.dynamic_steps import DynamicSteps
 from pathwatch.edge.models import SHIPPED
 from pathwatch.edge.subscriber import AlertSubscriber
 from pathwatch.edge.tiles import TileGrid
-from test_daemon import _log, collect, launch
+from test_daemon import _log, collect, free_port, launch
 from test_faults import _first, write_clip_ending_on_an_object
 
 
@@ -128,8 +128,11 @@ def test_a_damaged_one_step_part_only_turns_dynamic_steps_off(calibrated, tmp_pa
 
 
 def test_a_daemon_calibrates_both_heads_and_alerts(tmp_path, tiny_bundle):
+    import urllib.request
+
     video = write_clip_ending_on_an_object(tmp_path / "clip.avi", normal=80, anomaly=60)
-    config = daemon_config(tmp_path, tiny_bundle, str(video), on_end="loop")
+    port = free_port()
+    config = daemon_config(tmp_path, tiny_bundle, str(video), metrics_port=port, on_end="loop")
     cfg = yaml.safe_load(config.read_text())
     cfg["dynamic_steps"] = {"enabled": True, "margin": 0.25}
     cfg["gating"] = {"enabled": True, "max_age_s": 60.0}  # the escalated tiles are a subset
@@ -145,6 +148,13 @@ def test_a_daemon_calibrates_both_heads_and_alerts(tmp_path, tiny_bundle):
         share = [b["tiles_escalated"] for b in beats]
         assert share and share[-1] is not None and 0 < share[-1] <= 1, share
         assert beats[-1]["tiles_sent"] is not None and beats[-1]["tiles_sent"] < 0.9
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        for name in ('pathwatch_tiles_escalated_ratio{camera="cam"}',
+                     'pathwatch_tiles_sent_ratio{camera="cam"}', "pathwatch_one_step_seconds_bucket"):
+            assert name in text, name
+        one_step = [line for line in text.splitlines()
+                    if line.startswith("pathwatch_tiles_one_step_total ")]
+        assert one_step and float(one_step[0].split()[1]) > 0
         cal = json.loads((tmp_path / "state" / "calibration" / "cam.json").read_text())
         assert cal["cheap"]["bundle"]["graph_sha256"] == \
             Bundle.load(tiny_bundle).cheap_head().manifest.graph.sha256
