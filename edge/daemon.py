@@ -62,7 +62,8 @@ class Daemon:
         self.started = time.time()
         self.frames_processed = 0
         self._no_tiles = None  # empty features and maps of the backend's shapes
-        self.cheap = self.cheap_backend = None  # dynamic steps' one-step head and its backend
+        # dynamic steps' one-step head and its backend (both set only when it loaded)
+        self.cheap = self.cheap_backend = None
         self.frames_unscored = 0  # taken from a camera, dropped: the backend was unavailable
         self._last_unavailable_log = -float("inf")
         self.bus = NoBus()
@@ -194,7 +195,7 @@ class Daemon:
         SourceError here, before anything running is touched."""
         return {cam.name: Camera(cam, cfg, self.bundle, self._plan(cam.name, cfg),
                                   lambda *status: self.bus.status(*status),
-                                  cheap=self.cheap if self.cheap_backend is not None else None)
+                                  cheap=self.cheap)
                 for cam in cfg.cameras
                 if cam.enabled and not (self.only and cam.name not in self.only)}
 
@@ -236,11 +237,7 @@ class Daemon:
 
     def _process(self, batch: list[tuple[Camera, Frame]]) -> None:
         tiles = [camera.tiles(frame) for camera, frame in batch]
-        try:
-            cheap = self._cheap_pass(batch, tiles)
-        except BackendUnavailable as e:
-            self._unscored(batch, e)
-            return
+        cheap = self._cheap_pass(batch, tiles)  # never Triton: cannot be unavailable
         tiles = [camera.escalate(t, None if c is None else c[0])
                  for (camera, _), t, c in zip(batch, tiles, cheap)]
         count = sum(len(t) for t in tiles)

@@ -31,7 +31,6 @@ class DynamicSteps:
         if calibration.cheap is None:
             raise ValueError("dynamic steps need a calibration with a one-step head")
         self.full, self.cheap = calibration, calibration.cheap
-        self.margin = margin
         alert_at = calibration.threshold if threshold is None else threshold
         # Thresholds are standardised scores, normally positive; a degenerate one escalates
         # every tile rather than guess a scale.
@@ -51,7 +50,7 @@ class DynamicSteps:
     def select(self, idx: np.ndarray, cheap_features: np.ndarray, force: bool) -> np.ndarray:
         """Bool mask over the evaluated tiles `idx` (grid indices): those the full head must
         see. `force`: all of them (an alert is open)."""
-        z1 = self._cheap_scores(idx, cheap_features)
+        z1 = self.cheap.tile_scores(cheap_features, idx)
         up = (z1 >= self.level) | force
         if self.known is not None:
             up |= ~self.known[idx]
@@ -82,6 +81,3 @@ class DynamicSteps:
 
     def share_escalated(self) -> float | None:
         return self.escalated / self.evaluated if self.evaluated else None
-
-    def _cheap_scores(self, idx: np.ndarray, cheap_features: np.ndarray) -> np.ndarray:
-        return self.cheap.tile_scores(cheap_features, idx)

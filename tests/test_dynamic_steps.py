@@ -10,20 +10,18 @@ import signal
 import cv2
 import numpy as np
 import pytest
-import yaml
 from skimage import data
 
-from conftest import daemon_config
 from pathwatch.edge.backends.onnxruntime_backend import OnnxRuntimeBackend
 from pathwatch.edge.bundle import CHEAP, Bundle, BundleError
 from pathwatch.edge.calibration import fit_calibration
 from pathwatch.edge.demo import DemoScene
 from pathwatch.edge.dynamic_steps import DynamicSteps
 from pathwatch.edge.models import SHIPPED
-from pathwatch.edge.subscriber import AlertSubscriber
 from pathwatch.edge.tiles import TileGrid
-from test_daemon import _log, collect, free_port, launch
-from test_faults import _first, write_clip_ending_on_an_object
+from test_daemon import _log, collect, free_port
+from test_faults import _first
+from test_gating import launch_on_object_clip
 
 
 def test_export_writes_a_one_step_head(tiny_bundle):
@@ -130,16 +128,11 @@ def test_a_damaged_one_step_part_only_turns_dynamic_steps_off(calibrated, tmp_pa
 def test_a_daemon_calibrates_both_heads_and_alerts(tmp_path, tiny_bundle):
     import urllib.request
 
-    video = write_clip_ending_on_an_object(tmp_path / "clip.avi", normal=80, anomaly=60)
     port = free_port()
-    config = daemon_config(tmp_path, tiny_bundle, str(video), metrics_port=port, on_end="loop")
-    cfg = yaml.safe_load(config.read_text())
-    cfg["dynamic_steps"] = {"enabled": True, "margin": 0.25}
-    cfg["gating"] = {"enabled": True, "max_age_s": 60.0}  # the escalated tiles are a subset
-    config.write_text(yaml.safe_dump(cfg))
-    proc = launch(config)
-    sub = AlertSubscriber(f"ipc://{tmp_path}/pub.sock", f"ipc://{tmp_path}/replay.sock",
-                          topics=("alert.", "heartbeat"))
+    proc, sub = launch_on_object_clip(
+        tmp_path, tiny_bundle, {"dynamic_steps": {"enabled": True, "margin": 0.25},
+                                # gating on: the escalated tiles are a subset of a subset
+                                "gating": {"enabled": True, "max_age_s": 60.0}}, port)
     try:
         got = collect(sub, lambda g: _first(g, "start") is not None, 150)
         assert _first(got, "start"), _log(proc)

@@ -66,15 +66,22 @@ def test_merge_keeps_the_features_of_tiles_not_sent(grid):
     assert gate.share_sent() == pytest.approx(13 / 24)
 
 
-def test_a_daemon_with_gating_alerts_on_an_object_and_sends_fewer_tiles(tmp_path, tiny_bundle):
+def launch_on_object_clip(tmp_path, bundle, sections: dict, metrics_port: int = 0):
+    """A real daemon on a looping clip that ends on an object, with these config sections
+    added; its process and a subscriber to its alerts and heartbeats."""
     video = write_clip_ending_on_an_object(tmp_path / "clip.avi", normal=80, anomaly=60)
-    config = daemon_config(tmp_path, tiny_bundle, str(video), on_end="loop")
-    cfg = yaml.safe_load(config.read_text())
-    cfg["gating"] = {"enabled": True, "max_age_s": 60.0}  # age never decides, however slow the CPU
-    config.write_text(yaml.safe_dump(cfg))
+    config = daemon_config(tmp_path, bundle, str(video), metrics_port=metrics_port, on_end="loop")
+    config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), **sections}))
     proc = launch(config)
     sub = AlertSubscriber(f"ipc://{tmp_path}/pub.sock", f"ipc://{tmp_path}/replay.sock",
                           topics=("alert.", "heartbeat"))
+    return proc, sub
+
+
+def test_a_daemon_with_gating_alerts_on_an_object_and_sends_fewer_tiles(tmp_path, tiny_bundle):
+    # max_age_s: age never decides, however slow the CPU
+    proc, sub = launch_on_object_clip(tmp_path, tiny_bundle,
+                                      {"gating": {"enabled": True, "max_age_s": 60.0}})
     try:
         got = collect(sub, lambda g: _first(g, "start") is not None, 150)
         assert _first(got, "start"), _log(proc)

@@ -92,14 +92,14 @@ def _install_shipped(target: Path, weights: Path, say: Callable[[str], None]) ->
     target.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=target.parent, prefix=target.name + ".partial-"))
     try:
-        for name in SHIPPED_FILES:
-            shutil.copyfile(SHIPPED / name, stage / name)
-        shutil.copyfile(weights, stage / "weights.safetensors")
+        heads = [(SHIPPED, stage)]  # the bundle, and its one-step head where it ships one
         if (SHIPPED / CHEAP / "manifest.json").is_file():
-            (stage / CHEAP).mkdir()
+            heads.append((SHIPPED / CHEAP, stage / CHEAP))
+        for src, dst in heads:
+            dst.mkdir(exist_ok=True)
             for name in SHIPPED_FILES:
-                shutil.copyfile(SHIPPED / CHEAP / name, stage / CHEAP / name)
-            shutil.copyfile(weights, stage / CHEAP / "weights.safetensors")
+                shutil.copyfile(src / name, dst / name)
+            shutil.copyfile(weights, dst / "weights.safetensors")
         for attempt in (1, 2):
             try:
                 stage.replace(target)
