@@ -132,6 +132,11 @@ class Watcher:
         self.client.loop_stop()
 
 
+def last_status_detail(watcher: Watcher) -> str:
+    statuses = watcher.on("pathwatch/cam/status")
+    return json.loads(statuses[-1])["detail"] if statuses else ""
+
+
 def retained(port: int, topic: str = "#", settle_s: float = 0.5) -> dict[str, bytes]:
     """What a newcomer gets on subscribing: the retained messages."""
     w = Watcher(port, topic)
@@ -282,9 +287,10 @@ def test_alerts_availability_and_discovery_reach_the_broker(broker, stream, tmp_
         stream.wait(lambda: watcher.on("pathwatch/cam/availability")[-1:] == [b"offline"])
         stream.camera_state = "online"
         stream.wait(lambda: watcher.on("pathwatch/cam/availability")[-1:] == [b"online"])
-        until(lambda: watcher.on("pathwatch/cam/availability")[-1:] == [b"offline"],
-              what="a silent daemon's cameras to go offline")
-        assert "no heartbeat" in json.loads(watcher.on("pathwatch/cam/status")[-1])["detail"]
+        # Availability and status are two publishes: wait for both, not the first to arrive.
+        until(lambda: watcher.on("pathwatch/cam/availability")[-1:] == [b"offline"]
+              and "no heartbeat" in last_status_detail(watcher),
+              what="a silent daemon's cameras to go offline, saying why")
         stream.wait(lambda: watcher.on("pathwatch/cam/availability")[-1:] == [b"online"])
     # A bridge that stops says so (retained), and nothing was sent twice.
     until(lambda: watcher.on("pathwatch/bridge/availability")[-1:] == [b"offline"])
