@@ -48,15 +48,39 @@ def demo_features(backend, grid_spec, seed: int, minutes: float, fps: float, bun
     return feats
 
 
-def stream(cal, feats: np.ndarray, fps: float, policy) -> tuple[list[float], np.ndarray]:
-    """Alert start times (s from the stream's start) and frame scores."""
+def alert_starts(scores: np.ndarray, fps: float, threshold: float, policy) -> list[float]:
+    """Alert start times (s from the stream's start) of frame scores against a threshold."""
     from pathwatch.edge.alerts import AlertTracker
 
     tracker, starts = AlertTracker("bench", policy), []
-    scores = np.array([cal.frame_score(cal.tile_scores(f))[0] for f in feats])
     for i, s in enumerate(scores):
-        starts += [e.time for e in tracker.update(i / fps, s, cal.threshold) if e.state == "start"]
-    return starts, scores
+        starts += [e.time for e in tracker.update(i / fps, s, threshold) if e.state == "start"]
+    return starts
+
+
+def stream(cal, feats: np.ndarray, fps: float, policy) -> tuple[list[float], np.ndarray]:
+    """Alert start times (s from the stream's start) and frame scores."""
+    scores = np.array([cal.frame_score(cal.tile_scores(f))[0] for f in feats])
+    return alert_starts(scores, fps, cal.threshold, policy), scores
+
+
+def tail_model_check(cal, scores: np.ndarray, fps: float, policy, targets) -> list[dict]:
+    """The tail model alone, at targets high enough to count in minutes of footage: the
+    threshold it gives for each rate without the floor at the window's largest score (which
+    binds at such rates), and the alerts that threshold realizes on the watched stream."""
+    from pathwatch.edge.threshold import TailFit
+
+    tail = TailFit(**cal.data["threshold"]["tail"])
+    hours = len(scores) / fps / 3600.0
+    out = []
+    for target in targets:
+        p = min(target / (fps * 3600.0 * tail.theta * tail.phi), tail.zeta)
+        z = tail.quantile(p)
+        n = len(alert_starts(scores, fps, z, policy))
+        out.append({"target_per_h": target, "threshold": round(z, 3),
+                    "floor_would_bind": bool(z < tail.max_score), "alerts": n,
+                    "rate_per_h": n / hours})
+    return out
 
 
 def calibrate(feats, grid, bundle, fps, args):
@@ -87,11 +111,12 @@ def demo_runs(args, backend, bundle, policy) -> list[dict]:
                 fit_s = time.perf_counter() - t0
                 starts, scores = stream(cal, sub[b:], fps, policy)
                 hours = len(scores) / fps / 3600.0
+                model = tail_model_check(cal, scores, fps, policy, args.model_targets)
                 runs.append({"seed": seed, "fps": fps, "start_s": start, "threshold": cal.threshold,
                              "method": cal.threshold_method, "trimmed": cal.trimmed,
                              "watched_h": hours, "false_alerts": len(starts),
                              "rate_per_h": len(starts) / hours, "fit_s": round(fit_s, 1),
-                             "score_max": float(scores.max())})
+                             "score_max": float(scores.max()), "tail_model": model})
                 print(f"demo seed {seed} {fps:.2f} fps from {start:4.0f} s: threshold "
                       f"{cal.threshold:7.2f}, {len(starts)} false alerts in {hours * 60:.1f} min "
                       f"(fit {fit_s:.1f} s)")
@@ -199,6 +224,22 @@ def summary(runs: list[dict], target: float) -> dict:
             "median_fit_s": float(np.median([r["fit_s"] for r in runs]))}
 
 
+def model_summary(runs: list[dict], targets) -> list[dict]:
+    """Per target rate: realized rates of the tail model's thresholds (no floor) over all
+    calibrations, pooled and per calibration."""
+    hours = sum(r["watched_h"] for r in runs)
+    out = []
+    for k, target in enumerate(targets):
+        rates = np.array([r["tail_model"][k]["rate_per_h"] for r in runs])
+        alerts = sum(r["tail_model"][k]["alerts"] for r in runs)
+        out.append({"target_per_h": target, "alerts": alerts,
+                    "pooled_rate_per_h": round(alerts / hours, 2),
+                    "median_rate_per_h": round(float(np.median(rates)), 2),
+                    "worst_rate_per_h": round(float(rates.max()), 2),
+                    "floor_would_bind": sum(r["tail_model"][k]["floor_would_bind"] for r in runs)})
+    return out
+
+
 def main() -> int:
     from pathwatch.edge.alerts import AlertPolicy
     from pathwatch.edge.backends import load_backend
@@ -212,6 +253,8 @@ def main() -> int:
     p.add_argument("--starts", type=float, nargs="+", default=[0.0, 120.0, 240.0, 360.0])
     p.add_argument("--window", type=float, default=120.0, help="calibration seconds")
     p.add_argument("--false-alarms-per-hour", type=float, default=0.5)
+    p.add_argument("--model-targets", type=float, nargs="+", default=[5.0, 10.0, 20.0, 50.0],
+                   help="rates at which the tail model alone is checked (no floor)")
     p.add_argument("--vtest-window", type=float, default=40.0)
     p.add_argument("--vtest-tiles", type=int, nargs=2, default=[4, 3])
     p.add_argument("--json")
@@ -223,6 +266,11 @@ def main() -> int:
     runs = demo_runs(args, backend, bundle, policy)
     report = {"bundle": bundle.label, "demo": summary(runs, args.false_alarms_per_hour),
               "runs": runs, "vtest": vtest_run(args, backend, bundle, policy)}
+    report["tail_model"] = model_summary(runs, args.model_targets)
+    for m in report["tail_model"]:
+        print(f"tail model at {m['target_per_h']:g}/h: pooled {m['pooled_rate_per_h']}/h, "
+              f"median {m['median_rate_per_h']}/h, worst {m['worst_rate_per_h']}/h "
+              f"({m['floor_would_bind']} of {len(runs)} below the floor)")
     d = report["demo"]
     print(f"demo: {d['calibrations']} calibrations, {d['false_alerts']} false alerts in "
           f"{d['watched_h']} h watched (pooled {d['pooled_rate_per_h']}/h, 95% upper bound "

@@ -382,6 +382,7 @@ class CalibrationWindow:
     features: np.ndarray  # (frames, tiles, D) float32, capture order
     times: np.ndarray  # scene seconds from the window's start
     declared: np.ndarray  # bool: frames a user declared normal
+    cheap: np.ndarray | None = None  # the one-step head's features of the same frames
 
     @staticmethod
     def path_for(calibration_path: str | Path) -> Path:
@@ -390,9 +391,10 @@ class CalibrationWindow:
 
     def save(self, calibration_path: str | Path) -> None:
         buffer = io.BytesIO()
+        extra = {} if self.cheap is None else {"cheap": self.cheap.astype(np.float32)}
         np.savez_compressed(buffer, features=self.features.astype(np.float32),
                             times=np.asarray(self.times, np.float64),
-                            declared=np.asarray(self.declared, bool))
+                            declared=np.asarray(self.declared, bool), **extra)
         path = self.path_for(calibration_path)
         try:
             write_atomic(path, buffer.getvalue())
@@ -409,7 +411,8 @@ class CalibrationWindow:
                                    "them); recalibrate the camera, then mark alerts again")
         try:
             with np.load(path, allow_pickle=False) as z:
-                window = cls(z["features"], z["times"], z["declared"].astype(bool))
+                window = cls(z["features"], z["times"], z["declared"].astype(bool),
+                             z["cheap"] if "cheap" in z.files else None)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
             raise CalibrationError(f"{path} is damaged ({e}); recalibrate the camera") from None
         n = len(window.features)
@@ -417,6 +420,9 @@ class CalibrationWindow:
                 window.declared.shape != (n,):
             raise CalibrationError(f"{path} does not hold (frames, tiles, features) with a time "
                                    "and a flag per frame; recalibrate the camera")
+        if window.cheap is not None and (window.cheap.ndim != 3 or
+                                         window.cheap.shape[:2] != window.features.shape[:2]):
+            window.cheap = None  # only the one-step head's refresh needs them
         return window
 
 
@@ -574,3 +580,25 @@ def _calibration_data(camera, grid, bundle_identity, bundle_label, density, fit:
                       "note": "edit value freely (it is kept until the rule above changes); "
                               "scores are standardised tile scores"},
     }
+
+
+def refit_calibration(cal: Calibration, window: CalibrationWindow, *, holdout: float,
+                      false_alarms_per_hour: float, trigger: int, window_frames: int) -> Calibration:
+    """`cal`'s camera, grid, bundle and density kind fitted on another normal set (feedback,
+    online adaptation); what a refit cannot re-measure (the sensor noise, the list of alerts
+    marked normal, the online adaptation's record) carries over. The one-step part is the caller's to attach."""
+    f, t, bundle = cal.data["frames"], cal.data["threshold"], cal.data["bundle"]
+    refit = fit_calibration(
+        cal.camera, window.features, TileGrid.from_description(cal.grid),
+        {"weights_sha256": bundle["weights_sha256"], "graph_sha256": bundle["graph_sha256"]},
+        bundle["label"], density=cal.data["density"], holdout=holdout,
+        false_alarms_per_hour=false_alarms_per_hour, fps=float(t["fps"]), trigger=trigger,
+        window=window_frames, source=f.get("source", ""), seconds=float(f.get("seconds", 0.0)),
+        times=window.times, dropped=int(f.get("dropped", 0)), declared_normal=window.declared)
+    if "noise" in cal.data:
+        refit.data["noise"] = cal.data["noise"]
+    if f.get("feedback"):
+        refit.data["frames"]["feedback"] = list(f["feedback"])
+    if "adaptation" in cal.data:  # the refresh count goes on
+        refit.data["adaptation"] = cal.data["adaptation"]
+    return refit

@@ -46,6 +46,7 @@ from typing import Callable
 
 import numpy as np
 
+from .adaptation import Adaptation, Refresh
 from .alerts import AlertEvent, AlertTracker
 from .bundle import Bundle
 from .calibration import (MIN_CALIBRATION_FRAMES, Calibration, CalibrationError,
@@ -210,6 +211,8 @@ class Camera:
         self._last_score_sent = -math.inf
         self.gate: ChangeGate | None = None  # made with a calibration that measured noise
         self.steps: DynamicSteps | None = None  # made with a calibration of both heads
+        self.adaptation: Adaptation | None = None  # made with a calibration and its frames
+        self._sample = False  # this frame is an adaptation sample (every tile in full)
         self._cut: tuple[np.ndarray, np.ndarray | None] | None = None  # this frame's tiles, mask
 
     @property
@@ -266,6 +269,7 @@ class Camera:
                 self._retarget()
                 self._make_gate()
                 self._make_steps()
+                self._make_adaptation()
                 self.lifecycle = Lifecycle.PENDING  # checked against the first frame's grid
                 return
             except CalibrationError as e:
@@ -376,6 +380,8 @@ class Camera:
         """The tiles of this frame the backend must evaluate: all of them, or with change
         gating those that changed (or grew too old) since they were last evaluated."""
         tiles = self.grid.cut(frame.image)
+        self._sample = (self.adaptation is not None and self.lifecycle is Lifecycle.SCORING
+                        and self.adaptation.wants_sample(frame.time))
         previous, self._cut = self._cut, (tiles, None)
         if self.collecting and previous is not None and previous[0].shape == tiles.shape:
             self._collection.noise.append(noise_level(previous[0], tiles))
@@ -400,7 +406,9 @@ class Camera:
             return tiles
         _, mask = self._cut
         idx = np.flatnonzero(mask) if mask is not None else np.arange(len(tiles))
-        return tiles[self.steps.select(idx, cheap_features, force=self.tracker.active)]
+        # An open alert's frames and adaptation samples get every tile in full.
+        force = self.tracker.active or self._sample
+        return tiles[self.steps.select(idx, cheap_features, force=force)]
 
     def observe(self, frame: Frame, features: np.ndarray, maps: np.ndarray,
                 cheap: tuple[np.ndarray, np.ndarray] | None = None) -> FrameResult:
@@ -420,22 +428,39 @@ class Camera:
             return FrameResult()
         if self.lifecycle is not Lifecycle.SCORING:
             return FrameResult()
-        return self._score(frame, features, maps, scores)
+        result = self._score(frame, features, maps, scores)
+        if self._sample:
+            self._adapt(frame, features, None if cheap is None else cheap[0])
+        return result
+
+    def _adapt(self, frame: Frame, features: np.ndarray, cheap: np.ndarray | None) -> None:
+        """An adaptation sample: offered to the normal set; a refit starts when one is due."""
+        a = self.adaptation
+        whole = cheap is not None and len(cheap) == self.grid.count  # not a gated subset
+        a.observe(frame.time, features, cheap if whole else None, self._last_p_normal,
+                  self.tracker.active)
+        reason = a.due(frame.time)
+        if reason is not None:
+            log.info("camera %s: refreshing the normal model (%s)", self.name, reason)
+            a.start(frame.time, reason, self.name, fit_cheap=self.steps is not None)
 
     def _collect(self, frame: Frame, features: np.ndarray, cheap: np.ndarray | None) -> None:
         self._collection.add(frame, features, cheap)
         if self._collection.complete(self.plan):
             self._finish_calibration()
 
-    def advance(self) -> None:
+    def advance(self) -> AlertEvent | None:
         """What moves on without a frame, once per pass of the loop: a fit that finished is
-        installed; a clip that ends (on_end: stop) while the camera collects is fitted on the
-        frames it gave, or refused with the count, rather than waited on."""
+        installed, and so is a refresh of the normal model (returned: the `end` of an alert
+        it adopted as a lasting change); a clip that ends (on_end: stop) while the camera
+        collects is fitted on the frames it gave, or refused with the count, rather than
+        waited on."""
         if self.lifecycle is Lifecycle.FITTING and not self._fit_thread.is_alive():
             self._install(self._fit_result)
+        ended = self._install_refresh()
         self._watch_calibration()
         if not self.collecting or not self.source.exhausted():
-            return
+            return ended
         n = len(self._collection.features)
         if n < MIN_CALIBRATION_FRAMES:
             self._refuse(f"the source ended after {n} processed frames; calibration needs at "
@@ -445,6 +470,32 @@ class Camera:
         log.warning("camera %s: the source ended; calibrating on the %d frames it gave",
                     self.name, n)
         self._finish_calibration()
+        return ended
+
+    def _install_refresh(self) -> AlertEvent | None:
+        """A finished refresh of the normal model: saved, switched to, announced."""
+        result = self.adaptation.result() if self.adaptation is not None else None
+        if result is None or self.lifecycle is not Lifecycle.SCORING:
+            return None
+        if not isinstance(result, Refresh):
+            log.warning("camera %s: the normal model was not refreshed: %s", self.name, result)
+            return None
+        try:
+            result.window.save(self.calibration_path)  # the frames first: feedback reads both
+            result.calibration.save(self.calibration_path)
+        except CalibrationError as e:
+            log.warning("camera %s: the normal model was not refreshed: %s", self.name, e)
+            return None
+        self._calibration_mtime = _mtime(self.calibration_path)  # our own write: no reload
+        self.calibration = result.calibration
+        self._make_gate()
+        self._make_steps()
+        self.adaptation.installed(result)
+        self._announce("online", result.summary)
+        if result.reason != "lasting change":
+            return None
+        return self.close_alert(f"a lasting change, adopted as normal "
+                                f"(normal model version {self.adaptation.version})")
 
     def _watch_calibration(self) -> None:
         """A calibration file replaced under a scoring camera (`pathwatch feedback`, or
@@ -470,8 +521,9 @@ class Camera:
                 cal = self._fit(collection)
                 cal.save(self.calibration_path)
                 times = np.asarray(collection.times) - collection.times[0]
-                CalibrationWindow(np.stack(collection.features), times,  # for feedback
-                                  np.zeros(len(times), bool)).save(self.calibration_path)
+                cheap = np.stack(collection.cheap) if cal.cheap is not None else None
+                CalibrationWindow(np.stack(collection.features), times,  # feedback, adaptation
+                                  np.zeros(len(times), bool), cheap).save(self.calibration_path)
                 self._fit_result = cal
             except CalibrationError as e:
                 self._fit_result = e
@@ -490,6 +542,7 @@ class Camera:
         cal = self.calibration = result
         self._make_gate()
         self._make_steps()
+        self._make_adaptation()
         self.calibrated_here = True
         self.lifecycle = Lifecycle.SCORING
         if cal.trimmed:
@@ -531,6 +584,34 @@ class Camera:
                         "other tiles (recalibrate)", self.name, self.calibration_path)
         else:
             self.steps = DynamicSteps(cal, ds.margin, self.threshold)
+
+    def _make_adaptation(self) -> None:
+        """Online adaptation with the calibration's normal set, when it is on and usable."""
+        a, cal = self.config.adaptation, self.calibration
+        self.adaptation = None
+        if not a.enabled or cal is None:
+            return
+        t = cal.data["threshold"]
+        why = None
+        if self.cfg.threshold is not None or t.get("value") != t.get("chosen", t.get("value")):
+            why = "the threshold was set by hand"
+        elif not len(cal.data.get("scores", {}).get("out_of_fold") or []):
+            why = f"{self.calibration_path} predates out-of-fold scores (recalibrate)"
+        else:
+            try:
+                window = CalibrationWindow.load(self.calibration_path)
+                if window.features.shape[1] != len(cal.densities):
+                    why = f"{CalibrationWindow.path_for(self.calibration_path)} holds frames " \
+                          "of another grid (recalibrate)"
+            except CalibrationError as e:
+                why = str(e)
+        if why is not None:
+            log.warning("camera %s: online adaptation stays off: %s", self.name, why)
+            return
+        c, al = self.config.calibration, self.config.alerts
+        self.adaptation = Adaptation(a, cal, window, {
+            "holdout": c.holdout, "false_alarms_per_hour": c.false_alarms_per_hour,
+            "trigger": al.trigger_frames, "window_frames": al.window_frames})
 
     def _fit(self, w: Collection) -> Calibration:
         cal = self._fit_head(w, np.stack(w.features), self.bundle)
@@ -659,6 +740,7 @@ class Camera:
         self._retarget()
         self._make_gate()
         self._make_steps()
+        self._make_adaptation()
         if self.grid is None:
             self.lifecycle = Lifecycle.PENDING
             return

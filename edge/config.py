@@ -116,6 +116,26 @@ class DynamicStepsSection(Strict):
                           "more tiles get the full schedule)")
 
 
+class AdaptationSection(Strict):
+    """Online adaptation (edge/adaptation.py): the normal model follows slow drift (dusk,
+    weather) in bounded steps, each versioned in the calibration file and announced."""
+    enabled: bool = Field(True, description="refresh each camera's normal model from recent "
+                          "ordinary frames")
+    every_s: float = Field(300.0, ge=10.0, description="scene seconds between refreshes")
+    sample_every_s: float = Field(2.0, gt=0.0, description="one frame in this many seconds is "
+                                  "sampled (every tile in full) as a candidate normal frame")
+    max_share: float = Field(0.34, gt=0.0, le=1.0, description="at most this share of the "
+                             "normal set is replaced per refresh (the bound on how fast "
+                             "normal may move)")
+    quiet: float = Field(0.1, gt=0.0, lt=1.0, description="a sample counts as ordinary when at "
+                         "least this share of normal frames scored as high (p_normal)")
+    guard_s: float = Field(10.0, ge=0.0, description="no sample within this many seconds of "
+                           "an open alert joins the normal set")
+    adopt_after_s: float | None = Field(1800.0, ge=10.0, description="an alert still open "
+                                        "after this long is a lasting change: adopted as "
+                                        "normal, and the alert ends saying so (null: never)")
+
+
 class GatingSection(Strict):
     """Change gating (edge/gating.py): a tile whose pixels changed less than the camera's
     sensor noise (measured by its calibration) reuses its last features."""
@@ -295,6 +315,7 @@ class Config(Strict):
     calibration: CalibrationSection = Field(default_factory=CalibrationSection)
     gating: GatingSection = Field(default_factory=GatingSection)
     dynamic_steps: DynamicStepsSection = Field(default_factory=DynamicStepsSection)
+    adaptation: AdaptationSection = Field(default_factory=AdaptationSection)
     alerts: AlertsSection = Field(default_factory=AlertsSection)
     publisher: PublisherSection = Field(default_factory=PublisherSection)
     journal: JournalSection = Field(default_factory=JournalSection)

@@ -220,7 +220,9 @@ class Daemon:
             # a backend call or a loop that never returns is.
             self.notify("WATCHDOG=1")
             for camera in self.cameras.values():
-                camera.advance()
+                ended = camera.advance()  # an alert a refresh adopted as a lasting change
+                if ended is not None:
+                    self._publish_end(ended)
             if self.calibrate_only and not any(c.calibrating for c in self.cameras.values()):
                 break
         return 0

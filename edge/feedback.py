@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from .alerts import AlertEvent
-from .calibration import Calibration, CalibrationError, CalibrationWindow, fit_calibration
+from .calibration import Calibration, CalibrationError, CalibrationWindow, refit_calibration
 from .clock import iso_now
 from .files import write_atomic
-from .tiles import TileGrid
 
 log = logging.getLogger("pathwatch.feedback")
 MAX_ALERT_FRAMES = 1500  # 5 minutes at 5 fps; a longer alert keeps its first 5 minutes
@@ -117,9 +116,10 @@ def mark_normal(config, alert_id: str) -> str:
                                f"features, {cal_path} {window.features.shape[1:]}: the camera "
                                "was recalibrated for another grid since; it cannot be marked")
     new_window = _grown(window, extra, float(cal.data["threshold"]["fps"]))
-    refit = _refit(cal, new_window, config, camera)
-    if "noise" in cal.data:  # the camera's sensor noise did not change
-        refit.data["noise"] = cal.data["noise"]
+    refit = refit_calibration(cal, new_window, holdout=config.calibration.holdout,
+                              false_alarms_per_hour=config.calibration.false_alarms_per_hour,
+                              trigger=config.alerts.trigger_frames,
+                              window_frames=config.alerts.window_frames)
     # The one-step head only picks the tiles the refitted full head sees: an alert it finds
     # near its threshold still goes to the full head, which now calls it normal.
     refit.with_cheap(cal.cheap)
@@ -139,16 +139,3 @@ def _grown(window: CalibrationWindow, extra: np.ndarray, fps: float) -> Calibrat
     return CalibrationWindow(np.concatenate([window.features, extra]),
                              np.concatenate([window.times, times]),
                              np.concatenate([window.declared, np.ones(len(extra), bool)]))
-
-
-def _refit(cal: Calibration, window: CalibrationWindow, config, camera: str) -> Calibration:
-    f, t = cal.data["frames"], cal.data["threshold"]
-    bundle = cal.data["bundle"]
-    return fit_calibration(
-        camera, window.features, TileGrid.from_description(cal.grid),
-        {"weights_sha256": bundle["weights_sha256"], "graph_sha256": bundle["graph_sha256"]},
-        bundle["label"], density=cal.data["density"], holdout=config.calibration.holdout,
-        false_alarms_per_hour=config.calibration.false_alarms_per_hour, fps=float(t["fps"]),
-        trigger=config.alerts.trigger_frames, window=config.alerts.window_frames,
-        source=f.get("source", ""), seconds=float(f.get("seconds", 0.0)), times=window.times,
-        dropped=int(f.get("dropped", 0)), declared_normal=window.declared)
