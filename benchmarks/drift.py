@@ -30,11 +30,17 @@ VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 CACHE = Path.home() / ".cache" / "pathwatch" / "bench"
 FPS = 2.5
 STEP = 4  # vtest.avi is 10 fps
-CALIB_S = 80.0  # one pass of the clip (795 frames at 10 fps); the dusk starts after it
 # name, from s, to s (None: to the end), skimage image, size, top-left
 EVENTS = [("cat on the lawn", 300.0, 305.0, "chelsea", (90, 70), (330, 420)),
           ("parcel by the road", 540.0, 546.0, "coffee", (80, 60), (560, 300)),
           ("bin left on the lawn", 720.0, None, "rocket", (70, 90), (150, 430))]
+# The demo camera (320 x 240): the same objects, scaled, after a 120 s calibration.
+# per scene: frame size, calibration seconds (then the dusk starts), default minutes and ramp
+SCENES = {"vtest": ((768, 576), 80.0, 16.0, 10.0),  # calibration: one pass of the clip
+          "demo": ((320, 240), 120.0, 12.0, 6.0)}
+DEMO_EVENTS = [("cat", 300.0, 305.0, "chelsea", (45, 35), (60, 150)),
+               ("parcel", 420.0, 426.0, "coffee", (40, 30), (200, 100)),
+               ("bin left in view", 540.0, None, "rocket", (35, 45), (120, 170))]
 
 
 def dusk(image: np.ndarray, f: float, rng: np.random.Generator) -> np.ndarray:
@@ -54,46 +60,58 @@ def dusk_level(t: float, calib_s: float, ramp_s: float) -> float:
     return float(np.clip((t - calib_s) / ramp_s, 0.0, 1.0))
 
 
-def frames(minutes: float, calib_s: float, ramp_s: float):
-    """(scene time, frame) of the looped, darkening stream with the objects pasted in."""
+def vtest_clip() -> list[np.ndarray]:
     import cv2
-    from skimage import data
 
-    cap = cv2.VideoCapture(str(VTEST))
-    clip = []
-    i = 0
+    cap, clip, i = cv2.VideoCapture(str(VTEST)), [], 0
     while True:
         ok, image = cap.read()
         if not ok:
-            break
+            return clip
         if i % STEP == 0:
             clip.append(image)
         i += 1
+
+
+def frames(scene: str, minutes: float, calib_s: float, ramp_s: float):
+    """(scene time, frame) of the darkening stream with the objects pasted in."""
+    import cv2
+    from skimage import data
+
+    if scene == "vtest":
+        clip = vtest_clip()
+        source, events = (lambda n: clip[n % len(clip)].copy()), EVENTS
+    else:
+        from pathwatch.edge.demo import DemoScene
+
+        demo = DemoScene(seed=0, script="normal")
+        source, events = (lambda n: demo.frame(int(n * demo.fps / FPS))[0]), DEMO_EVENTS
     patches = [(a, b, cv2.resize(cv2.cvtColor(getattr(data, img)(), cv2.COLOR_RGB2BGR), size), xy)
-               for _, a, b, img, size, xy in EVENTS]
+               for _, a, b, img, size, xy in events]
     rng = np.random.default_rng(0)
     for n in range(int(minutes * 60 * FPS)):
         t = n / FPS
-        image = clip[n % len(clip)].copy()
+        image = source(n)
         for a, b, patch, (x, y) in patches:
             if a <= t and (b is None or t < b):
                 image[y:y + patch.shape[0], x:x + patch.shape[1]] = patch
         yield t, dusk(image, dusk_level(t, calib_s, ramp_s), rng)
 
 
-def stream_features(bundle, backends, minutes, calib_s, ramp_s, cols, rows):
+def stream_features(bundle, backends, scene, minutes, calib_s, ramp_s, cols, rows):
     """(full features, one-step features) per frame, (frames, tiles, D) each, cached."""
     from pathwatch.edge.tiles import TileGrid
 
+    events = EVENTS if scene == "vtest" else DEMO_EVENTS
     key = hashlib.sha256(f"{bundle.identity()['graph_sha256']}{minutes}{calib_s}{ramp_s}"
-                         f"{cols}x{rows}{EVENTS}".encode()).hexdigest()[:16]
-    path = CACHE / f"drift-{key}.npz"
+                         f"{cols}x{rows}{events}{FPS}".encode()).hexdigest()[:16]
+    path = CACHE / f"drift-{scene}-{key}.npz"
     if path.is_file():
         with np.load(path) as z:
             return z["full"], z["cheap"]
     grid, full, cheap = None, [], []
     t0 = time.perf_counter()
-    for t, image in frames(minutes, calib_s, ramp_s):
+    for t, image in frames(scene, minutes, calib_s, ramp_s):
         if grid is None:
             grid = TileGrid(image.shape[1], image.shape[0], bundle.image_size[0], cols, rows)
         tiles = grid.cut(image)
@@ -107,12 +125,12 @@ def stream_features(bundle, backends, minutes, calib_s, ramp_s, cols, rows):
     return full, cheap
 
 
-def calibrate(bundle, full, cheap, n: int, args):
+def calibrate(bundle, full, cheap, n: int, size, args):
     """The camera's calibration of both heads on the first n frames, and its normal set."""
     from pathwatch.edge.calibration import CalibrationWindow, fit_calibration
     from pathwatch.edge.tiles import TileGrid
 
-    grid = TileGrid(768, 576, bundle.image_size[0], *args.tiles)  # vtest.avi is 768x576
+    grid = TileGrid(*size, bundle.image_size[0], *args.tiles)
     times = np.arange(n) / FPS
 
     def fit(x, label):
@@ -163,18 +181,18 @@ def replay(cal, window, full, cheap, start: int, policy, settings) -> dict:
             "thresholds": np.array(thresholds), "refreshes": refreshes}
 
 
-def judge(run: dict, start: int) -> dict:
+def judge(run: dict, start: int, events) -> dict:
     """Alert starts against the events: detections (start within an event or 3 s after it
     began... ended), false starts, and how the lasting change was handled."""
     times = np.arange(start, start + len(run["scores"])) / FPS
     found = []
-    for name, a, b, *_ in EVENTS:
+    for name, a, b, *_ in events:
         end = b if b is not None else times[-1] + 1
         hit = [t for t in run["starts"] if a <= t <= end + 3.0]
         found.append({"event": name, "start_s": a, "detected": bool(hit),
                       "delay_s": round(hit[0] - a, 1) if hit else None})
     def in_event(t):
-        return any(a <= t <= (b if b is not None else np.inf) + 3.0 for _, a, b, *_ in EVENTS)
+        return any(a <= t <= (b if b is not None else np.inf) + 3.0 for _, a, b, *_ in events)
     false = [round(t, 1) for t in run["starts"] if not in_event(t)]
     return {"events": found, "false_alert_starts_s": false, "alert_ends": run["ends"],
             "refreshes": run["refreshes"],
@@ -188,8 +206,9 @@ def main() -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", default="default")
-    p.add_argument("--minutes", type=float, default=16.0)
-    p.add_argument("--ramp-minutes", type=float, default=10.0)
+    p.add_argument("--scene", choices=sorted(SCENES), default="demo")
+    p.add_argument("--minutes", type=float, help="stream length (demo 12, vtest 16)")
+    p.add_argument("--ramp-minutes", type=float, help="dusk falls over this (demo 6, vtest 10)")
     p.add_argument("--tiles", type=int, nargs=2, default=[4, 3])
     p.add_argument("--every-s", type=float, default=120.0, help="adaptation.every_s")
     p.add_argument("--quiet", type=float, default=0.1, help="adaptation.quiet")
@@ -202,25 +221,28 @@ def main() -> int:
     bundle = load_bundle(args.bundle, Path.home() / ".cache" / "pathwatch", print)
     backends = [load_backend(bundle, "onnxruntime", log=print),
                 load_backend(bundle.cheap_head(), "onnxruntime", log=print)]
-    full, cheap = stream_features(bundle, backends, args.minutes, CALIB_S,
-                                  args.ramp_minutes * 60, *args.tiles)
+    size, calib_s, minutes, ramp = SCENES[args.scene]
+    minutes, ramp = args.minutes or minutes, args.ramp_minutes or ramp
+    events = EVENTS if args.scene == "vtest" else DEMO_EVENTS
+    full, cheap = stream_features(bundle, backends, args.scene, minutes, calib_s, ramp * 60,
+                                  *args.tiles)
     from pathwatch.edge.alerts import AlertPolicy
     from pathwatch.edge.config import AdaptationSection
 
     policy = AlertPolicy(trigger_frames=3, window_frames=5, update_interval_s=2.0, quiet_s=3.0,
                          cooldown_s=10.0)
-    n = int(CALIB_S * FPS)
-    cal, window = calibrate(bundle, full, cheap, n, args)
+    n = int(calib_s * FPS)
+    cal, window = calibrate(bundle, full, cheap, n, size, args)
     print(f"calibrated on {n} frames: threshold {cal.threshold:.2f}")
     settings = AdaptationSection(enabled=True, every_s=args.every_s, quiet=args.quiet,
                                  adopt_after_s=args.adopt_after_s)
-    report = {"bundle": bundle.label, "fps": FPS, "minutes": args.minutes,
-              "ramp_minutes": args.ramp_minutes, "calibration_s": CALIB_S,
+    report = {"bundle": bundle.label, "scene": args.scene, "fps": FPS, "minutes": minutes,
+              "ramp_minutes": ramp, "calibration_s": calib_s,
               "settings": settings.model_dump(), "modes": {}}
     for mode, s in (("static", None), ("adapting", settings)):
         print(f"{mode}:")
         run = replay(cal, window, full, cheap, n, policy, s)
-        report["modes"][mode] = r = judge(run, n)
+        report["modes"][mode] = r = judge(run, n, events)
         print(f"  events {[(e['event'], e['detected'], e['delay_s']) for e in r['events']]}; "
               f"false alert starts at {r['false_alert_starts_s']} s; ends {r['alert_ends']}; "
               f"threshold {r['threshold_first_last']}")

@@ -1,5 +1,6 @@
-"""Online adaptation: a camera's normal model follows slow drift (dusk, weather, a parked car
-that stays) in bounded steps, each one versioned in the calibration file and announced.
+"""Online adaptation (`adaptation.enabled`, off by default: docs/calibration.md, Drift): a
+camera's normal model follows slow drift (dusk, weather, a parked car that stays) in bounded
+steps, each one versioned in the calibration file and announced.
 
 Samples. Every `sample_every_s` of scene time the camera samples a frame (with dynamic steps
 every tile of it gets the full schedule, so its features are fresh). A sample is a candidate

@@ -122,6 +122,11 @@ def check_shape(data: dict) -> None:
             raise ValueError("noise must be an object")
         if _finite(noise.get("level"), "noise.level") < 0:
             raise ValueError("noise.level must not be negative")
+    adaptation = data.get("adaptation")
+    if adaptation is not None:
+        if not isinstance(adaptation, dict) or not isinstance(adaptation.get("history", []), list):
+            raise ValueError("adaptation must be an object with a history list")
+        _whole(adaptation.get("version", 0), "adaptation.version")
     frames = _typed(data, "frames", dict)
     _finite(frames.get("seconds", 0), "frames.seconds")
     _whole(frames.get("dropped", 0), "frames.dropped")

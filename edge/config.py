@@ -119,8 +119,8 @@ class DynamicStepsSection(Strict):
 class AdaptationSection(Strict):
     """Online adaptation (edge/adaptation.py): the normal model follows slow drift (dusk,
     weather) in bounded steps, each versioned in the calibration file and announced."""
-    enabled: bool = Field(True, description="refresh each camera's normal model from recent "
-                          "ordinary frames")
+    enabled: bool = Field(False, description="refresh each camera's normal model from recent "
+                          "ordinary frames (off by default: docs/calibration.md, Drift)")
     every_s: float = Field(300.0, ge=10.0, description="scene seconds between refreshes")
     sample_every_s: float = Field(2.0, gt=0.0, description="one frame in this many seconds is "
                                   "sampled (every tile in full) as a candidate normal frame")

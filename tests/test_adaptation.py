@@ -11,7 +11,7 @@ from pathwatch.edge.calibration import CalibrationWindow
 from pathwatch.edge.camera import Lifecycle
 from test_camera import FRAMES, backend, make_camera, write_video  # noqa: F401 (fixture)
 
-ADAPT = {"every_s": 10.0, "sample_every_s": 0.1, "guard_s": 0.0, "max_share": 0.5}
+ADAPT = {"enabled": True, "every_s": 10.0, "sample_every_s": 0.1, "guard_s": 0.0, "max_share": 0.5}
 
 
 def drive(camera, backend, frames: int, timeout: float = 120.0):
