@@ -71,7 +71,6 @@ class Adaptation:
         self.last_refresh: float | None = None
         self.alert_since: float | None = None
         self.alert_ended = -np.inf
-        self.clock0: float | None = None  # scene time of the first frame seen
         self._thread: threading.Thread | None = None
         self._result: Refresh | CalibrationError | None = None
         self.version = int((calibration.data.get("adaptation") or {}).get("version", 0))
@@ -89,8 +88,8 @@ class Adaptation:
     def observe(self, t: float, features: np.ndarray, cheap: np.ndarray | None,
                 p_normal: float | None, alert_open: bool) -> None:
         """A sampled frame, after scoring: its full (and one-step) features of every tile."""
-        if self.clock0 is None:
-            self.clock0 = self.last_refresh = t
+        if self.last_refresh is None:  # the first sample: refreshes count from here
+            self.last_refresh = t
         self._track_alert(t, alert_open)
         sample = (t, features.astype(np.float32), None if cheap is None else
                   cheap.astype(np.float32))
@@ -114,7 +113,7 @@ class Adaptation:
     # ------------------------------------------------------------------ refits
     def due(self, t: float) -> str | None:
         """Why a refit should start now ("drift", "lasting change"), or None."""
-        if self._thread is not None or self.clock0 is None:
+        if self._thread is not None or self.last_refresh is None:
             return None
         adopt = self.s.adopt_after_s
         if adopt is not None and self.alert_since is not None and \
@@ -130,11 +129,9 @@ class Adaptation:
         """Refit in a thread: the set with its oldest frames replaced by the new ones.
         `fit_cheap`: whether to refit the one-step head's calibration too (the window must
         carry its features)."""
-        new = list(self.lasting if reason == "lasting change" else self.candidates)
-        if reason == "lasting change":
-            self.lasting.clear()
-        else:
-            self.candidates.clear()
+        pool = self.lasting if reason == "lasting change" else self.candidates
+        new = list(pool)
+        pool.clear()
         self.last_refresh = t
         window = self._advanced(new, declared=reason == "lasting change")
         self._result = None

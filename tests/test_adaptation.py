@@ -30,9 +30,8 @@ def drive(camera, backend, frames: int, timeout: float = 120.0):
         feats, maps = backend(camera.tiles(frame))
         events += [m.event for m in camera.observe(frame, feats, maps).alerts]
         done += 1
-    if camera.adaptation is not None:  # a refit under way is installed before we look
+    if camera.adaptation is not None:  # a refit under way ends (uninstalled) before we look
         camera.adaptation.wait(60)
-        camera.adaptation._thread = None
     return events
 
 
