@@ -17,6 +17,7 @@ after) are detections; any other is false.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import time
@@ -58,9 +59,12 @@ def alert_starts(scores: np.ndarray, fps: float, threshold: float, policy) -> li
     return starts
 
 
-def stream(cal, feats: np.ndarray, fps: float, policy) -> tuple[list[float], np.ndarray]:
-    """Alert start times (s from the stream's start) and frame scores."""
-    scores = np.array([cal.frame_score(cal.tile_scores(f))[0] for f in feats])
+def stream(cal, feats: np.ndarray, fps: float, policy,
+           still: np.ndarray | None = None) -> tuple[list[float], np.ndarray]:
+    """Alert start times (s from the stream's start) and frame scores; `still`: the frames'
+    still-content flags (passing: ignore)."""
+    scores = np.array([cal.frame_score(cal.tile_scores(f), None if still is None else still[i])[0]
+                       for i, f in enumerate(feats)])
     return alert_starts(scores, fps, cal.threshold, policy), scores
 
 
@@ -83,12 +87,13 @@ def tail_model_check(cal, scores: np.ndarray, fps: float, policy, targets) -> li
     return out
 
 
-def calibrate(feats, grid, bundle, fps, args):
+def calibrate(feats, grid, bundle, fps, args, passing=None, still=None):
     from pathwatch.edge.calibration import fit_calibration
 
     return fit_calibration("bench", feats, grid, bundle.identity(), bundle.label,
                            density=bundle.default_density, fps=fps, seconds=len(feats) / fps,
-                           false_alarms_per_hour=args.false_alarms_per_hour, trigger=3, window=5)
+                           false_alarms_per_hour=args.false_alarms_per_hour, trigger=3, window=5,
+                           passing=passing, still=still)
 
 
 def demo_runs(args, backend, bundle, policy) -> list[dict]:
@@ -125,16 +130,20 @@ def demo_runs(args, backend, bundle, policy) -> list[dict]:
 
 VTEST_EVENTS = [("cat on the lawn", 45.0, 50.0, "chelsea", (90, 70), (330, 420)),
                 ("parcel by the road", 60.0, 66.0, "coffee", (80, 60), (560, 300))]
+# A thing that moves (px/s): what `passing: ignore` gives up (it alerts only on still content).
+VTEST_MOVING = [("cat crossing the lawn", 70.0, 75.0, "chelsea", (90, 70), (40, 440), (80, 0))]
 VTEST_FPS = 5.0  # the footage is 10 fps; every 2nd frame, as the daemon's default cap takes it
 
 
-def vtest_frames():
-    """vtest.avi's frames at VTEST_FPS (every 2nd of its 10 fps) with VTEST_EVENTS pasted in."""
+def vtest_frames(events=VTEST_EVENTS):
+    """vtest.avi's frames at VTEST_FPS (every 2nd of its 10 fps) with `events` pasted in
+    (name, from s, to s, scikit-image picture, size, top-left, optional velocity px/s)."""
     import cv2
     from skimage import data
 
-    patches = [(a, b, cv2.resize(cv2.cvtColor(getattr(data, img)(), cv2.COLOR_RGB2BGR), size), xy)
-               for _, a, b, img, size, xy in VTEST_EVENTS]
+    patches = [(e[1], e[2], cv2.resize(cv2.cvtColor(getattr(data, e[3])(), cv2.COLOR_RGB2BGR),
+                                       e[4]), e[5], e[6] if len(e) > 6 else (0, 0))
+               for e in events]
     cap, i = cv2.VideoCapture(str(VTEST)), 0
     while True:
         ok, image = cap.read()
@@ -142,28 +151,30 @@ def vtest_frames():
             return
         if i % 2 == 0:
             t = i / 10.0
-            for a, b, patch, (x, y) in patches:
+            for a, b, patch, (x, y), (vx, vy) in patches:
                 if a <= t < b:
+                    x, y = int(x + vx * (t - a)), int(y + vy * (t - a))
                     image[y:y + patch.shape[0], x:x + patch.shape[1]] = patch
             yield image
         i += 1
 
 
-def vtest_features(backend, bundle, cols: int, rows: int) -> np.ndarray | None:
-    """(frames, tiles, D) of vtest.avi at 5 fps with the two objects pasted in (cached);
-    None when the footage is not installed."""
+def vtest_features(backend, bundle, cols: int, rows: int,
+                   events=VTEST_EVENTS) -> np.ndarray | None:
+    """(frames, tiles, D) of vtest.avi at 5 fps with `events` pasted in (cached); None when
+    the footage is not installed."""
     from pathwatch.edge.tiles import TileGrid
 
     if not VTEST.is_file():
         print(f"{VTEST} is not here (apt-get install opencv-doc); real footage skipped")
         return None
-    key = hashlib.sha256(f"{bundle.identity()['graph_sha256']}{cols}x{rows}{VTEST_EVENTS}"
+    key = hashlib.sha256(f"{bundle.identity()['graph_sha256']}{cols}x{rows}{events}"
                          .encode()).hexdigest()[:16]
     path = CACHE / f"vtest-{key}.npy"
     if path.is_file():
         return np.load(path)
     grid, feats = None, []
-    for image in vtest_frames():
+    for image in vtest_frames(events):
         if grid is None:
             grid = TileGrid(image.shape[1], image.shape[0], bundle.image_size[0], cols, rows)
         feats.append(backend(grid.cut(image))[0])
@@ -173,19 +184,38 @@ def vtest_features(backend, bundle, cols: int, rows: int) -> np.ndarray | None:
     return feats
 
 
-def vtest_run(args, backend, bundle, policy) -> dict | None:
+def vtest_still(grid, events, passing: dict) -> np.ndarray:
+    """(frames, tiles) still-content flags of the footage, as a `passing: ignore` camera
+    computes them frame by frame (edge/stillness.py)."""
+    from pathwatch.edge.stillness import StillContent
+
+    still, grid = StillContent(**passing), dataclasses.replace(grid, exposure="off")
+    return np.stack([still.update(grid.cut(image), i / VTEST_FPS)
+                     for i, image in enumerate(vtest_frames(events))])
+
+
+def vtest_run(args, backend, bundle, policy, passing: str = "alert") -> dict | None:
+    """vtest.avi with the static events and a moving one; `passing`: the camera's setting."""
+    from pathwatch.edge.config import StillnessSection
     from pathwatch.edge.tiles import TileGrid
 
     cols, rows = args.vtest_tiles
-    feats = vtest_features(backend, bundle, cols, rows)
+    all_events = VTEST_EVENTS + VTEST_MOVING
+    feats = vtest_features(backend, bundle, cols, rows, all_events)
     if feats is None:
         return None
-    events = [(name, a, b) for name, a, b, *_ in VTEST_EVENTS]
+    events = [(name, a, b) for name, a, b, *_ in all_events]
     grid = TileGrid(768, 576, bundle.image_size[0], cols, rows)  # vtest.avi is 768x576
     fps = VTEST_FPS
     n_cal = int(args.vtest_window * fps)
-    cal = calibrate(feats[:n_cal], grid, bundle, fps, args)
-    starts, scores = stream(cal, feats[n_cal:], fps, policy)
+    settings = still = None
+    if passing == "ignore":
+        settings = StillnessSection().model_dump()
+        still = vtest_still(grid, all_events, settings)
+    cal = calibrate(feats[:n_cal], grid, bundle, fps, args, settings,
+                    None if still is None else still[:n_cal])
+    starts, scores = stream(cal, feats[n_cal:], fps, policy,
+                            None if still is None else still[n_cal:])
     starts = [args.vtest_window + t for t in starts]
     times = args.vtest_window + np.arange(len(scores)) / fps
     in_event = np.zeros(len(scores), bool)
@@ -198,12 +228,13 @@ def vtest_run(args, backend, bundle, policy) -> dict | None:
                       "peak_score": float(scores[(times >= a) & (times < b)].max())})
     false = [t for t in starts if not any(a <= t <= b + 3.0 for _, a, b, *_ in events)]
     normal = scores[~in_event]
-    out = {"tiles": f"{cols}x{rows}", "window_s": args.vtest_window, "threshold": cal.threshold,
+    out = {"passing": passing, "tiles": f"{cols}x{rows}", "window_s": args.vtest_window,
+           "threshold": cal.threshold,
            "method": cal.threshold_method, "trimmed": cal.trimmed, "events": found,
            "false_alert_times_s": [round(t, 1) for t in false],
            "normal_score_max": float(normal.max()),
            "normal_frames_over": int((normal > cal.threshold).sum()), "normal_frames": len(normal)}
-    print(f"vtest {cols}x{rows}, calibrated on {args.vtest_window:g} s: threshold "
+    print(f"vtest {cols}x{rows}, passing {passing}, calibrated on {args.vtest_window:g} s: threshold "
           f"{cal.threshold:.1f}; events {[(e['event'], e['detected'], e['delay_s']) for e in found]}; "
           f"false alerts at {out['false_alert_times_s']} s; normal frames max "
           f"{normal.max():.1f}, {out['normal_frames_over']} of {len(normal)} over threshold")
@@ -257,15 +288,23 @@ def main() -> int:
                    help="rates at which the tail model alone is checked (no floor)")
     p.add_argument("--vtest-window", type=float, default=40.0)
     p.add_argument("--vtest-tiles", type=int, nargs=2, default=[4, 3])
+    p.add_argument("--only", choices=["vtest"], help="only the real footage (both passing settings)")
     p.add_argument("--json")
     args = p.parse_args()
     bundle = load_bundle(args.bundle, Path.home() / ".cache" / "pathwatch", print)
     backend = load_backend(bundle, "onnxruntime", log=print)
     policy = AlertPolicy(trigger_frames=3, window_frames=5, update_interval_s=2.0, quiet_s=3.0,
                          cooldown_s=10.0)
+    if args.only == "vtest":
+        report = {"bundle": bundle.label, "vtest": [vtest_run(args, backend, bundle, policy, p)
+                                                    for p in ("alert", "ignore")]}
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=1, default=float))
+        return 0
     runs = demo_runs(args, backend, bundle, policy)
     report = {"bundle": bundle.label, "demo": summary(runs, args.false_alarms_per_hour),
-              "runs": runs, "vtest": vtest_run(args, backend, bundle, policy)}
+              "runs": runs, "vtest": [vtest_run(args, backend, bundle, policy, p)
+                                      for p in ("alert", "ignore")]}
     report["tail_model"] = model_summary(runs, args.model_targets)
     for m in report["tail_model"]:
         print(f"tail model at {m['target_per_h']:g}/h: pooled {m['pooled_rate_per_h']}/h, "

@@ -86,13 +86,15 @@ class Adaptation:
         return False
 
     def observe(self, t: float, features: np.ndarray, cheap: np.ndarray | None,
-                p_normal: float | None, alert_open: bool) -> None:
-        """A sampled frame, after scoring: its full (and one-step) features of every tile."""
+                p_normal: float | None, alert_open: bool,
+                still: np.ndarray | None = None) -> None:
+        """A sampled frame, after scoring: its full (and one-step) features of every tile, and
+        its still-content flags (passing: ignore)."""
         if self.last_refresh is None:  # the first sample: refreshes count from here
             self.last_refresh = t
         self._track_alert(t, alert_open)
         sample = (t, features.astype(np.float32), None if cheap is None else
-                  cheap.astype(np.float32))
+                  cheap.astype(np.float32), still)
         if alert_open:
             self.lasting.append(sample)
             return
@@ -177,9 +179,13 @@ class Adaptation:
         cheap = None
         if w.cheap is not None and all(s[2] is not None for s in new):
             cheap = np.concatenate([w.cheap[keep], np.stack([s[2] for s in new])])
+        still = None
+        if w.still is not None:  # a sample without flags counts every tile as still
+            flags = [np.ones(w.still.shape[1], bool) if s[3] is None else s[3] for s in new]
+            still = np.concatenate([w.still[keep], np.stack(flags)])
         return CalibrationWindow(features, np.concatenate([w.times[keep], times]),
                                  np.concatenate([w.declared[keep],
-                                                 np.full(len(new), declared)]), cheap)
+                                                 np.full(len(new), declared)]), cheap, still)
 
     def _refit(self, window: CalibrationWindow, reason: str, new: int, camera: str,
                fit_cheap: bool) -> Refresh:

@@ -47,6 +47,10 @@ VERSION = 2  # 2: out-of-fold scores and the tail fit; version 1 files still loa
 TRIM_IQR = 10.0  # normal frame scores are heavy-tailed; an event scores far beyond this
 TRIM_PAD_S = 0.5  # frames this close to a trimmed one go too (the event's onset and tail)
 MAX_TRIMMED = 0.25  # a window with more to trim than this is refused
+PASSING_KEYS = ("still_s", "min_share", "background_s")  # a passing: ignore camera's settings
+# passing: ignore: a still tile must score at least this far above the typical tile (robust
+# standard deviations) to alert, whatever the window held (it may hold no still content).
+STILL_LEAST = 5.0
 
 
 class CalibrationError(ValueError):
@@ -127,6 +131,12 @@ def check_shape(data: dict) -> None:
         if not isinstance(adaptation, dict) or not isinstance(adaptation.get("history", []), list):
             raise ValueError("adaptation must be an object with a history list")
         _whole(adaptation.get("version", 0), "adaptation.version")
+    passing = data.get("passing")
+    if passing is not None:
+        if not isinstance(passing, dict) or set(passing) != set(PASSING_KEYS):
+            raise ValueError(f"passing must be an object with {', '.join(PASSING_KEYS)}")
+        for key in PASSING_KEYS:
+            _finite(passing[key], f"passing.{key}", positive=True)
     frames = _typed(data, "frames", dict)
     _finite(frames.get("seconds", 0), "frames.seconds")
     _whole(frames.get("dropped", 0), "frames.dropped")
@@ -265,7 +275,7 @@ class Calibration:
         if t["value"] != t["chosen"]:
             return f"threshold {t['value']:g} was set by hand; kept for the new alert settings"
         choice = choose_threshold(np.asarray(scores), false_alarms_per_hour, float(t["fps"]),
-                                  trigger, window)
+                                  trigger, window, STILL_LEAST if self.passing else None)
         old = t["value"]
         t.update(choice.to_dict(), chosen=choice.value, **rule)
         self.facts = CalibrationFacts.parse(self.data)
@@ -296,7 +306,17 @@ class Calibration:
         out[np.isnan(out)] = np.inf  # a non-finite likelihood is as anomalous as it gets
         return out
 
-    def frame_score(self, tile_scores: np.ndarray) -> tuple[float, int]:
+    @property
+    def passing(self) -> dict | None:
+        """The still-content settings it was fitted with (`passing: ignore`), or None."""
+        return self.data.get("passing")
+
+    def frame_score(self, tile_scores: np.ndarray,
+                    still: np.ndarray | None = None) -> tuple[float, int]:
+        """The frame's score and its worst tile. With `still` (`passing: ignore`), only tiles
+        holding still content may score above an ordinary tile."""
+        if still is not None:
+            tile_scores = still_gated(tile_scores, still)
         i = int(np.argmax(tile_scores))
         return float(tile_scores[i]), i
 
@@ -360,8 +380,14 @@ class Calibration:
             self.data["cheap"] = cheap.data
         return self
 
-    def check(self, bundle_identity: dict, grid: TileGrid, path: str | Path = "calibration") -> None:
-        """Refuse a calibration made for another bundle or another tile layout."""
+    def check(self, bundle_identity: dict, grid: TileGrid, path: str | Path = "calibration",
+              passing: dict | None = None) -> None:
+        """Refuse a calibration made for another bundle, another tile layout, or other
+        still-content settings (`passing`: the camera's, None for `passing: alert`)."""
+        if self.passing != passing:
+            raise CalibrationError(
+                f"{path} was fitted with passing {_passing_words(self.passing)}, the camera "
+                f"now has {_passing_words(passing)}; recalibrate this camera")
         f = self.facts
         if f.bundle_weights_sha256 != bundle_identity["weights_sha256"] or \
                 f.bundle_graph_sha256 != bundle_identity["graph_sha256"]:
@@ -379,6 +405,17 @@ class Calibration:
                                    f"{grid.count} (or other active tiles); recalibrate this camera")
 
 
+def still_gated(tile_scores: np.ndarray, still: np.ndarray) -> np.ndarray:
+    """Tiles without still content count at most as a typical tile (0: the median)."""
+    return np.where(still, tile_scores, np.minimum(tile_scores, 0.0))
+
+
+def _passing_words(passing: dict | None) -> str:
+    if passing is None:
+        return "alert"
+    return "ignore (" + ", ".join(f"{k} {v:g}" for k, v in sorted(passing.items())) + ")"
+
+
 @dataclass
 class CalibrationWindow:
     """The frames a calibration was fitted on, kept beside its file (`frames_path`) so it can
@@ -388,6 +425,7 @@ class CalibrationWindow:
     times: np.ndarray  # scene seconds from the window's start
     declared: np.ndarray  # bool: frames a user declared normal
     cheap: np.ndarray | None = None  # the one-step head's features of the same frames
+    still: np.ndarray | None = None  # (frames, tiles) bool: still content (passing: ignore)
 
     @staticmethod
     def path_for(calibration_path: str | Path) -> Path:
@@ -397,6 +435,8 @@ class CalibrationWindow:
     def save(self, calibration_path: str | Path) -> None:
         buffer = io.BytesIO()
         extra = {} if self.cheap is None else {"cheap": self.cheap.astype(np.float32)}
+        if self.still is not None:
+            extra["still"] = np.asarray(self.still, bool)
         np.savez_compressed(buffer, features=self.features.astype(np.float32),
                             times=np.asarray(self.times, np.float64),
                             declared=np.asarray(self.declared, bool), **extra)
@@ -417,7 +457,8 @@ class CalibrationWindow:
         try:
             with np.load(path, allow_pickle=False) as z:
                 window = cls(z["features"], z["times"], z["declared"].astype(bool),
-                             z["cheap"] if "cheap" in z.files else None)
+                             z["cheap"] if "cheap" in z.files else None,
+                             z["still"].astype(bool) if "still" in z.files else None)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
             raise CalibrationError(f"{path} is damaged ({e}); recalibrate the camera") from None
         n = len(window.features)
@@ -428,6 +469,9 @@ class CalibrationWindow:
         if window.cheap is not None and (window.cheap.ndim != 3 or
                                          window.cheap.shape[:2] != window.features.shape[:2]):
             window.cheap = None  # only the one-step head's refresh needs them
+        if window.still is not None and window.still.shape != window.features.shape[:2]:
+            raise CalibrationError(f"{path} holds still-content flags of another shape; "
+                                   "recalibrate the camera")
         return window
 
 
@@ -454,7 +498,8 @@ class _Fit:
     frame_scores: np.ndarray  # out of fold, standardised, worst tile
 
 
-def _fit_tiles(features: np.ndarray, active, density: str, folds: int, seed: int) -> _Fit:
+def _fit_tiles(features: np.ndarray, active, density: str, folds: int, seed: int,
+               still: np.ndarray | None = None) -> _Fit:
     n, tiles = features.shape[:2]
     densities: list[Density | None] = [None] * tiles
     nll = np.full((n, tiles), np.nan)
@@ -471,8 +516,10 @@ def _fit_tiles(features: np.ndarray, active, density: str, folds: int, seed: int
     mean, std = np.zeros(tiles), np.ones(tiles)
     mean[on] = np.median(nll[:, on], axis=0)
     std[on] = np.maximum(1.4826 * np.median(np.abs(nll[:, on] - mean[on]), axis=0), 1e-3)
-    z = (nll[:, on] - mean[on]) / std[on]
-    return _Fit(densities, mean, std, np.max(np.nan_to_num(z, nan=np.inf), axis=1))
+    z = np.nan_to_num((nll[:, on] - mean[on]) / std[on], nan=np.inf)
+    if still is not None:  # scored as the camera will score them (passing: ignore)
+        z = still_gated(z, still[:, on])
+    return _Fit(densities, mean, std, np.max(z, axis=1))
 
 
 def feature_distance(features: np.ndarray, active) -> np.ndarray:
@@ -527,11 +574,14 @@ def fit_calibration(camera: str, features: np.ndarray, grid: TileGrid, bundle_id
                     false_alarms_per_hour: float = 0.5, fps: float = 5.0, trigger: int = 3,
                     window: int = 5, source: str = "", seconds: float = 0.0,
                     times: np.ndarray | None = None, dropped: int = 0,
-                    declared_normal: np.ndarray | None = None, seed: int = 0) -> Calibration:
+                    declared_normal: np.ndarray | None = None, seed: int = 0,
+                    passing: dict | None = None, still: np.ndarray | None = None) -> Calibration:
     """features: (frames, tiles, D) from normal frames in capture order; times: their scene
     seconds from the window's start (default: frame / fps). `holdout` is the share of the
     window each out-of-fold block holds (0.3: three blocks). `declared_normal` marks frames a
-    user called normal (`pathwatch feedback`): they are never trimmed."""
+    user called normal (`pathwatch feedback`): they are never trimmed. `passing`: the
+    still-content settings of a `passing: ignore` camera, with `still` (frames, tiles) its
+    flags per frame (missing: every tile still, which errs towards a higher threshold)."""
     n = len(features)
     if n < MIN_CALIBRATION_FRAMES:
         raise CalibrationError(f"calibration needs at least {MIN_CALIBRATION_FRAMES} normal "
@@ -549,9 +599,13 @@ def fit_calibration(camera: str, features: np.ndarray, grid: TileGrid, bundle_id
             f"the calibration window is too contaminated: {int(trimmed.sum())} of {n} frames "
             f"score far out against the rest (at {where}); calibrate on a stretch without "
             "unusual events, or a longer one")
-    fit = _fit_tiles(features[_spread(np.flatnonzero(~trimmed), declared)], grid.active,
-                     density, folds, seed)
-    choice = choose_threshold(fit.frame_scores, false_alarms_per_hour, fps, trigger, window)
+    order = _spread(np.flatnonzero(~trimmed), declared)
+    if passing is not None and still is None:
+        still = np.ones(features.shape[:2], bool)
+    fit = _fit_tiles(features[order], grid.active, density, folds, seed,
+                     None if passing is None else np.asarray(still, bool)[order])
+    choice = choose_threshold(fit.frame_scores, false_alarms_per_hour, fps, trigger, window,
+                              None if passing is None else STILL_LEAST)
     return Calibration(_calibration_data(
         camera, grid, bundle_identity, bundle_label, density, fit, choice,
         frames={"total": n, "fit": kept, "holdout": kept, "folds": folds,
@@ -559,11 +613,13 @@ def fit_calibration(camera: str, features: np.ndarray, grid: TileGrid, bundle_id
                 "source": source, "seconds": round(seconds, 1), "dropped": int(dropped),
                 "declared_normal": int(declared.sum())},
         rule={"false_alarms_per_hour": false_alarms_per_hour, "fps": fps,
-              "trigger_frames": trigger, "window_frames": window}), fit.densities)
+              "trigger_frames": trigger, "window_frames": window}, passing=passing),
+        fit.densities)
 
 
 def _calibration_data(camera, grid, bundle_identity, bundle_label, density, fit: _Fit,
-                      choice: Threshold, frames: dict, rule: dict) -> dict:
+                      choice: Threshold, frames: dict, rule: dict,
+                      passing: dict | None = None) -> dict:
     tiles = []
     for i in range(grid.count):
         col, row = grid.position(i)
@@ -584,6 +640,7 @@ def _calibration_data(camera, grid, bundle_identity, bundle_label, density, fit:
         "threshold": {**choice.to_dict(), "chosen": choice.value, **rule,
                       "note": "edit value freely (it is kept until the rule above changes); "
                               "scores are standardised tile scores"},
+        **({} if passing is None else {"passing": dict(passing)}),
     }
 
 
@@ -599,7 +656,8 @@ def refit_calibration(cal: Calibration, window: CalibrationWindow, *, holdout: f
         bundle["label"], density=cal.data["density"], holdout=holdout,
         false_alarms_per_hour=false_alarms_per_hour, fps=float(t["fps"]), trigger=trigger,
         window=window_frames, source=f.get("source", ""), seconds=float(f.get("seconds", 0.0)),
-        times=window.times, dropped=int(f.get("dropped", 0)), declared_normal=window.declared)
+        times=window.times, dropped=int(f.get("dropped", 0)), declared_normal=window.declared,
+        passing=cal.passing, still=window.still)
     if "noise" in cal.data:
         refit.data["noise"] = cal.data["noise"]
     if f.get("feedback"):

@@ -36,6 +36,7 @@ is kept in one module, so that it can be read, and changed, in one place.
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import math
@@ -58,6 +59,7 @@ from .feedback import AlertFrames, alert_frames_dir
 from .gating import ChangeGate, noise_level
 from .publisher import encode_jpeg, encode_png
 from .sources import CameraSource, Frame, parse_source
+from .stillness import StillContent
 from .tiles import TileGrid, heatmap_image, overlay_image
 
 log = logging.getLogger("pathwatch")
@@ -102,13 +104,17 @@ class Collection:
         self.times: list[float] = []
         self.noise: list[float] = []  # noise between consecutive frames (change gating)
         self.cheap: list[np.ndarray] = []  # the one-step head's features (dynamic steps)
+        self.still: list[np.ndarray] = []  # still-content flags per tile (passing: ignore)
         self.dropped_before = dropped_before
 
-    def add(self, frame: Frame, features: np.ndarray, cheap: np.ndarray | None = None) -> None:
+    def add(self, frame: Frame, features: np.ndarray, cheap: np.ndarray | None = None,
+            still: np.ndarray | None = None) -> None:
         self.features.append(features)
         self.times.append(frame.time)
         if cheap is not None:
             self.cheap.append(cheap)
+        if still is not None:
+            self.still.append(still)
 
     @property
     def scene_seconds(self) -> float:
@@ -213,6 +219,11 @@ class Camera:
         self.steps: DynamicSteps | None = None  # made with a calibration of both heads
         self.adaptation: Adaptation | None = None  # made with a calibration and its frames
         self._sample = False  # this frame is an adaptation sample (every tile in full)
+        # passing: ignore: which tiles hold something new that stays (made with each grid),
+        # this frame's flags, and the grid it cuts without exposure normalisation
+        self.still: StillContent | None = None
+        self._still: np.ndarray | None = None
+        self._raw_grid: TileGrid | None = None
         self._cut: tuple[np.ndarray, np.ndarray | None] | None = None  # this frame's tiles, mask
 
     @property
@@ -236,6 +247,14 @@ class Camera:
     @property
     def calibrating(self) -> bool:
         return self.lifecycle in (Lifecycle.COLLECTING, Lifecycle.FITTING)
+
+    def _passing(self) -> dict | None:
+        """The still-content settings scores are gated by (passing: ignore), or None."""
+        if self.cfg.passing != "ignore":
+            return None
+        st = self.config.stillness
+        return {"still_s": st.still_s, "min_share": st.min_share,
+                "background_s": st.background_s}
 
     def collection_progress(self) -> tuple[float, float]:
         return self._collection.progress(self.plan)
@@ -340,10 +359,16 @@ class Camera:
             self.gate.reset()  # tiles of another size or place
         if self.steps is not None:
             self.steps.reset()
+        if self._passing() is not None:
+            self.still = StillContent(**self._passing())
+            # Stillness compares raw pixels: exposure normalisation moves every pixel a little
+            # whenever something enters the view.
+            self._raw_grid = dataclasses.replace(self.grid, exposure="off")
         if self.calibration is None:
             return self.lifecycle is not Lifecycle.REFUSED
         try:
-            self.calibration.check(self.bundle.identity(), self.grid, self.calibration_path)
+            self.calibration.check(self.bundle.identity(), self.grid, self.calibration_path,
+                                   self._passing())
         except CalibrationError as e:
             self._collect_or_refuse(str(e))
             return self.collecting
@@ -385,6 +410,8 @@ class Camera:
         previous, self._cut = self._cut, (tiles, None)
         if self.collecting and previous is not None and previous[0].shape == tiles.shape:
             self._collection.noise.append(noise_level(previous[0], tiles))
+        if self.still is not None and self.lifecycle in (Lifecycle.COLLECTING, Lifecycle.SCORING):
+            self._still = self.still.update(self._raw_grid.cut(frame.image), frame.time)
         if self.gate is None or self.lifecycle is not Lifecycle.SCORING:
             return tiles
         mask = self.gate.select(tiles, frame.time)
@@ -424,7 +451,8 @@ class Camera:
             features, maps = self.gate.merge(mask, tiles, features, maps, frame.time, scores)
             scores = None if scores is None else self.gate.scores.copy()
         if self.collecting:
-            self._collect(frame, features, None if cheap is None else cheap[0])
+            self._collect(frame, features, None if cheap is None else cheap[0],
+                          self._still if self.still is not None else None)
             return FrameResult()
         if self.lifecycle is not Lifecycle.SCORING:
             return FrameResult()
@@ -438,14 +466,15 @@ class Camera:
         a = self.adaptation
         whole = cheap is not None and len(cheap) == self.grid.count  # not a gated subset
         a.observe(frame.time, features, cheap if whole else None, self._last_p_normal,
-                  self.tracker.active)
+                  self.tracker.active, self._still if self.still is not None else None)
         reason = a.due(frame.time)
         if reason is not None:
             log.info("camera %s: refreshing the normal model (%s)", self.name, reason)
             a.start(frame.time, reason, self.name, fit_cheap=self.steps is not None)
 
-    def _collect(self, frame: Frame, features: np.ndarray, cheap: np.ndarray | None) -> None:
-        self._collection.add(frame, features, cheap)
+    def _collect(self, frame: Frame, features: np.ndarray, cheap: np.ndarray | None,
+                 still: np.ndarray | None) -> None:
+        self._collection.add(frame, features, cheap, still)
         if self._collection.complete(self.plan):
             self._finish_calibration()
 
@@ -523,7 +552,8 @@ class Camera:
                 times = np.asarray(collection.times) - collection.times[0]
                 cheap = np.stack(collection.cheap) if cal.cheap is not None else None
                 CalibrationWindow(np.stack(collection.features), times,  # feedback, adaptation
-                                  np.zeros(len(times), bool), cheap).save(self.calibration_path)
+                                  np.zeros(len(times), bool), cheap,
+                                  self._still_flags(collection)).save(self.calibration_path)
                 self._fit_result = cal
             except CalibrationError as e:
                 self._fit_result = e
@@ -641,17 +671,25 @@ class Camera:
             trigger=self.config.alerts.trigger_frames, window=self.config.alerts.window_frames,
             source=self.source.spec.describe(),  # URL passwords masked
             seconds=w.scene_seconds, times=times,
-            dropped=self.source.stats()["dropped"] - w.dropped_before)
+            dropped=self.source.stats()["dropped"] - w.dropped_before,
+            passing=self._passing(), still=self._still_flags(w))
         if w.noise:  # the sensor noise change gating measures change against
             cal.data["noise"] = {"level": round(float(np.median(w.noise)), 3),
                                  "frame_pairs": len(w.noise)}
         return cal
 
+    def _still_flags(self, w: Collection) -> np.ndarray | None:
+        """The window's still-content flags (passing: ignore), one row per frame."""
+        if self._passing() is None or len(w.still) != len(w.features):
+            return None
+        return np.stack(w.still)
+
     def _score(self, frame: Frame, features: np.ndarray, maps: np.ndarray,
                tile_scores: np.ndarray | None = None) -> FrameResult:
         if tile_scores is None:
             tile_scores = self.calibration.tile_scores(features)
-        score, tile = self.calibration.frame_score(tile_scores)
+        score, tile = self.calibration.frame_score(
+            tile_scores, self._still if self.still is not None else None)
         score = min(score, SCORE_CEILING)
         self._last_score = score
         latency_ms = (time.monotonic() - frame.monotonic) * 1000.0  # frame.time may be scene time
@@ -703,7 +741,7 @@ class Camera:
         old = self.config
         return (self.cfg == cfg and not self.source.exhausted()  # an ended clip plays again
                 and new.capture == old.capture and new.alerts == old.alerts
-                and new.calibration == old.calibration
+                and new.calibration == old.calibration and new.stillness == old.stillness
                 and cfg.calibration_path(new) == self.calibration_path)
 
     def reload(self, cfg: CameraConfig, config: Config, plan: CalibrationPlan) -> None:
@@ -730,7 +768,7 @@ class Camera:
         try:
             cal = Calibration.load(path)
             if self.grid is not None:
-                cal.check(self.bundle.identity(), self.grid, path)
+                cal.check(self.bundle.identity(), self.grid, path, self._passing())
         except CalibrationError as e:
             log.error("camera %s: %s; keeping %s", self.name, e,
                       "the collection under way" if self.collecting else "the calibration in use")

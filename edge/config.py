@@ -144,6 +144,18 @@ class GatingSection(Strict):
                              "this often, changed or not")
 
 
+class StillnessSection(Strict):
+    """Still content (edge/stillness.py), for cameras with `passing: ignore`: what counts as a
+    new thing that stays, as opposed to traffic passing through."""
+    still_s: float = Field(4.0, gt=0.0, le=60.0, description="new pixels must not have moved "
+                           "for this long (seconds)")
+    min_share: float = Field(0.04, gt=0.0, le=1.0, description="share of a tile's pixels that "
+                             "must be new and still for the tile to count")
+    background_s: float = Field(120.0, ge=20.0, description="the background is the per-pixel "
+                                "median of this many recent seconds (a thing staying longer "
+                                "than about half of it becomes background)")
+
+
 class AlertsSection(AlertPolicy):
     """The alert state machine's policy (it is what each camera's tracker runs on), plus what
     an alert carries."""
@@ -258,6 +270,9 @@ class CameraConfig(Strict):
         "so auto-exposure and daylight drift do not read as anomalies")
     ignore: list[IgnoreRect] = Field(default_factory=list, description="rectangles relative to "
                                      "the roi; tiles mostly inside them are not scored")
+    passing: Literal["alert", "ignore"] = Field(
+        "alert", description="ignore: people and vehicles passing through are normal here; "
+        "only a tile with something new that stays still (stillness:) can alert")
     calibration: str | None = None
     auto_calibrate: bool | None = None
     threshold: float | None = Field(None, allow_inf_nan=False)
@@ -314,6 +329,7 @@ class Config(Strict):
     model: ModelSection = Field(default_factory=ModelSection)
     calibration: CalibrationSection = Field(default_factory=CalibrationSection)
     gating: GatingSection = Field(default_factory=GatingSection)
+    stillness: StillnessSection = Field(default_factory=StillnessSection)
     dynamic_steps: DynamicStepsSection = Field(default_factory=DynamicStepsSection)
     adaptation: AdaptationSection = Field(default_factory=AdaptationSection)
     alerts: AlertsSection = Field(default_factory=AlertsSection)

@@ -136,6 +136,10 @@ def mark_normal(config, alert_id: str) -> str:
 def _grown(window: CalibrationWindow, extra: np.ndarray, fps: float) -> CalibrationWindow:
     last = float(window.times[-1]) if len(window.times) else 0.0
     times = last + (1 + np.arange(len(extra))) / max(fps, 1e-3)
+    # An alert's frames raised it through still content (passing: ignore): all count as still.
+    still = None if window.still is None else \
+        np.concatenate([window.still, np.ones(extra.shape[:2], bool)])
     return CalibrationWindow(np.concatenate([window.features, extra]),
                              np.concatenate([window.times, times]),
-                             np.concatenate([window.declared, np.ones(len(extra), bool)]))
+                             np.concatenate([window.declared, np.ones(len(extra), bool)]),
+                             still=still)

@@ -20,7 +20,7 @@ MARGIN = 1.5  # level over the typical unchanged tile's difference
 MIN_LEVEL = 4.0  # grey levels: below this a difference is rounding anyway
 
 
-def _pixel_diff(previous: np.ndarray, tiles: np.ndarray) -> np.ndarray:
+def pixel_diff(previous: np.ndarray, tiles: np.ndarray) -> np.ndarray:
     """(tiles, h, w): how far each pixel moved (its largest channel difference)."""
     diff = np.abs(tiles.astype(np.int16) - previous.astype(np.int16))
     return diff.max(axis=-1) if diff.ndim == 4 else diff
@@ -29,7 +29,7 @@ def _pixel_diff(previous: np.ndarray, tiles: np.ndarray) -> np.ndarray:
 def noise_level(previous: np.ndarray, tiles: np.ndarray) -> float:
     """One frame pair's noise: the median over tiles of each tile's (1 - MIN_CHANGED)
     quantile of pixel differences (a tile a person crossed is outvoted by the still ones)."""
-    diff = _pixel_diff(previous, tiles).reshape(len(tiles), -1)
+    diff = pixel_diff(previous, tiles).reshape(len(tiles), -1)
     return float(np.median(np.quantile(diff, 1.0 - MIN_CHANGED, axis=1)))
 
 
@@ -53,7 +53,7 @@ class ChangeGate:
         """Bool mask of the tiles to evaluate: changed, too old, or never seen."""
         if self.reference is None or self.reference.shape != tiles.shape:
             return np.ones(len(tiles), bool)
-        moved = _pixel_diff(self.reference, tiles) > self.level
+        moved = pixel_diff(self.reference, tiles) > self.level
         changed = moved.mean(axis=(1, 2)) > MIN_CHANGED
         return changed | (now - self.evaluated_at >= self.max_age_s)
 

@@ -109,7 +109,7 @@ def fit_tail(scores: np.ndarray, trigger: int, window: int) -> TailFit:
     over = s > u
     xi, sigma = _fit_pareto(s[over] - u) if over.any() else (0.0, 1e-6)
     clusters = exceedance_clusters(over, window)
-    theta = len(clusters) / max(1, int(over.sum()))
+    theta = len(clusters) / int(over.sum()) if over.any() else 1.0  # ties at the top: no run
     phi = float(np.mean([_triggers(c, trigger, window) for c in clusters])) if clusters else 1.0
     # At least one cluster's worth: a window with no triggering cluster is not proof of none.
     phi = max(phi, 1.0 / max(1, len(clusters)))
@@ -118,7 +118,9 @@ def fit_tail(scores: np.ndarray, trigger: int, window: int) -> TailFit:
 
 
 def choose_threshold(scores: np.ndarray, false_alarms_per_hour: float, fps: float,
-                     trigger: int, window: int) -> Threshold:
+                     trigger: int, window: int, least: float | None = None) -> Threshold:
+    """`least`: a threshold never below this (passing: ignore, whose window may hold no
+    still content at all, and so no tail)."""
     tail = fit_tail(scores, trigger, window)
     frames_per_hour = max(fps, 1e-3) * 3600.0
     p = false_alarms_per_hour / (frames_per_hour * tail.theta * tail.phi)
@@ -127,6 +129,8 @@ def choose_threshold(scores: np.ndarray, false_alarms_per_hour: float, fps: floa
     floor = tail.max_score
     how = (f"Pareto tail (xi={tail.xi:.2f}) at p={p:.1e} per frame" if z >= floor
            else "largest out-of-fold score")
+    if least is not None and max(z, floor) < least:
+        z, how = least, f"the still-content least ({least:g})"
     return Threshold(max(z, floor), f"{how}, for {false_alarms_per_hour:g}/h at {fps:g} fps, "
                      f"{trigger} of {window} (clusters: theta={tail.theta:.2f}, "
                      f"phi={tail.phi:.2f})", p, tail)
