@@ -12,7 +12,9 @@ Real footage: OpenCV's vtest.avi (Debian package opencv-doc; PETS 2009 S2.L1 vie
 walking across a campus forecourt seen by a fixed camera, 795 frames at 10 fps). The first
 `--vtest-window` seconds calibrate; a cat (scikit-image's chelsea) sits on the lawn from 45 to
 50 s and a parcel (coffee) by the road from 60 to 66 s. Alerts starting during an event (or 3 s
-after) are detections; any other is false.
+after) are detections; any other is false. The footage runs twice, with `passing: alert` and
+`passing: ignore` (edge/stillness.py), and with a third, moving event (VTEST_MOVING) that
+`passing: ignore` gives up by design; `--only vtest` runs just that.
 """
 from __future__ import annotations
 
