@@ -253,7 +253,8 @@ class Calibration:
         trimmed = sum(t["frames"] for t in self.trimmed)
         return (f"{f['total']} frames over {f.get('seconds', 0):g} s of scene"
                 + (f", {f['dropped']} dropped" if f.get("dropped") else "")
-                + (f", {trimmed} trimmed" if trimmed else ""))
+                + (f", {trimmed} trimmed" if trimmed else "")
+                + (f", passing {_passing_words(self.passing)}" if self.passing else ""))
 
     @property
     def bundle_label(self) -> str:

@@ -451,8 +451,7 @@ class Camera:
             features, maps = self.gate.merge(mask, tiles, features, maps, frame.time, scores)
             scores = None if scores is None else self.gate.scores.copy()
         if self.collecting:
-            self._collect(frame, features, None if cheap is None else cheap[0],
-                          self._still if self.still is not None else None)
+            self._collect(frame, features, None if cheap is None else cheap[0], self._still)
             return FrameResult()
         if self.lifecycle is not Lifecycle.SCORING:
             return FrameResult()
@@ -466,7 +465,7 @@ class Camera:
         a = self.adaptation
         whole = cheap is not None and len(cheap) == self.grid.count  # not a gated subset
         a.observe(frame.time, features, cheap if whole else None, self._last_p_normal,
-                  self.tracker.active, self._still if self.still is not None else None)
+                  self.tracker.active, self._still)
         reason = a.due(frame.time)
         if reason is not None:
             log.info("camera %s: refreshing the normal model (%s)", self.name, reason)
@@ -688,8 +687,7 @@ class Camera:
                tile_scores: np.ndarray | None = None) -> FrameResult:
         if tile_scores is None:
             tile_scores = self.calibration.tile_scores(features)
-        score, tile = self.calibration.frame_score(
-            tile_scores, self._still if self.still is not None else None)
+        score, tile = self.calibration.frame_score(tile_scores, self._still)
         score = min(score, SCORE_CEILING)
         self._last_score = score
         latency_ms = (time.monotonic() - frame.monotonic) * 1000.0  # frame.time may be scene time
