@@ -73,19 +73,28 @@ def vtest_clip() -> list[np.ndarray]:
         i += 1
 
 
-def frames(scene: str, minutes: float, calib_s: float, ramp_s: float):
+def scene_events(scene: str, at: list[float] | None = None) -> list[tuple]:
+    """The scene's events, moved to start at `at` (one time per event) when given."""
+    events = EVENTS if scene == "vtest" else DEMO_EVENTS
+    if at is None:
+        return events
+    return [(name, t, None if b is None else t + (b - a), *rest)
+            for (name, a, b, *rest), t in zip(events, at)]
+
+
+def frames(scene: str, minutes: float, calib_s: float, ramp_s: float, events: list[tuple]):
     """(scene time, frame) of the darkening stream with the objects pasted in."""
     import cv2
     from skimage import data
 
     if scene == "vtest":
         clip = vtest_clip()
-        source, events = (lambda n: clip[n % len(clip)].copy()), EVENTS
+        source = lambda n: clip[n % len(clip)].copy()  # noqa: E731
     else:
         from pathwatch.edge.demo import DemoScene
 
         demo = DemoScene(seed=0, script="normal")
-        source, events = (lambda n: demo.frame(int(n * demo.fps / FPS))[0]), DEMO_EVENTS
+        source = lambda n: demo.frame(int(n * demo.fps / FPS))[0]  # noqa: E731
     patches = [(a, b, cv2.resize(cv2.cvtColor(getattr(data, img)(), cv2.COLOR_RGB2BGR), size), xy)
                for _, a, b, img, size, xy in events]
     rng = np.random.default_rng(0)
@@ -98,11 +107,10 @@ def frames(scene: str, minutes: float, calib_s: float, ramp_s: float):
         yield t, dusk(image, dusk_level(t, calib_s, ramp_s), rng)
 
 
-def stream_features(bundle, backends, scene, minutes, calib_s, ramp_s, cols, rows):
+def stream_features(bundle, backends, scene, minutes, calib_s, ramp_s, cols, rows, events):
     """(full features, one-step features) per frame, (frames, tiles, D) each, cached."""
     from pathwatch.edge.tiles import TileGrid
 
-    events = EVENTS if scene == "vtest" else DEMO_EVENTS
     key = hashlib.sha256(f"{bundle.identity()['graph_sha256']}{minutes}{calib_s}{ramp_s}"
                          f"{cols}x{rows}{events}{FPS}".encode()).hexdigest()[:16]
     path = CACHE / f"drift-{scene}-{key}.npz"
@@ -111,7 +119,7 @@ def stream_features(bundle, backends, scene, minutes, calib_s, ramp_s, cols, row
             return z["full"], z["cheap"]
     grid, full, cheap = None, [], []
     t0 = time.perf_counter()
-    for t, image in frames(scene, minutes, calib_s, ramp_s):
+    for t, image in frames(scene, minutes, calib_s, ramp_s, events):
         if grid is None:
             grid = TileGrid(image.shape[1], image.shape[0], bundle.image_size[0], cols, rows)
         tiles = grid.cut(image)
@@ -213,6 +221,8 @@ def main() -> int:
     p.add_argument("--every-s", type=float, default=120.0, help="adaptation.every_s")
     p.add_argument("--quiet", type=float, default=0.1, help="adaptation.quiet")
     p.add_argument("--adopt-after-s", type=float, default=120.0, help="adaptation.adopt_after_s")
+    p.add_argument("--event-times", type=float, nargs=3, metavar=("CAT", "PARCEL", "BIN"),
+                   help="scene seconds the three objects appear at (a longer, slower dusk)")
     p.add_argument("--json")
     args = p.parse_args()
     if not VTEST.is_file():
@@ -223,9 +233,9 @@ def main() -> int:
                 load_backend(bundle.cheap_head(), "onnxruntime", log=print)]
     size, calib_s, minutes, ramp = SCENES[args.scene]
     minutes, ramp = args.minutes or minutes, args.ramp_minutes or ramp
-    events = EVENTS if args.scene == "vtest" else DEMO_EVENTS
+    events = scene_events(args.scene, args.event_times)
     full, cheap = stream_features(bundle, backends, args.scene, minutes, calib_s, ramp * 60,
-                                  *args.tiles)
+                                  *args.tiles, events)
     from pathwatch.edge.alerts import AlertPolicy
     from pathwatch.edge.config import AdaptationSection
 

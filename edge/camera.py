@@ -51,7 +51,7 @@ from .adaptation import Adaptation, Refresh
 from .alerts import AlertEvent, AlertTracker
 from .bundle import Bundle
 from .calibration import (MIN_CALIBRATION_FRAMES, Calibration, CalibrationError,
-                          CalibrationWindow, fit_calibration)
+                          CalibrationWindow, fit_calibration, still_gated)
 from .clock import RateMeter
 from .config import CameraConfig, Config
 from .dynamic_steps import DynamicSteps
@@ -687,7 +687,9 @@ class Camera:
                tile_scores: np.ndarray | None = None) -> FrameResult:
         if tile_scores is None:
             tile_scores = self.calibration.tile_scores(features)
-        score, tile = self.calibration.frame_score(tile_scores, self._still)
+        if self._still is not None:  # passing: ignore: what the heatmap lights is what may alert
+            tile_scores = still_gated(tile_scores, self._still)
+        score, tile = self.calibration.frame_score(tile_scores)
         score = min(score, SCORE_CEILING)
         self._last_score = score
         latency_ms = (time.monotonic() - frame.monotonic) * 1000.0  # frame.time may be scene time
