@@ -27,23 +27,34 @@ from .gating import MARGIN, MIN_LEVEL, noise_level, pixel_diff
 
 MIN_SAMPLES = 5  # background frames before anything counts as new
 NOISE_PAIRS = 200  # recent frame pairs the noise level is the median of
+HISTORY_FRAMES = 4  # frames of the last still_s a pixel is compared with (spread over it)
+GAIN_STRIDE = 7  # every 7th pixel estimates the gain between two frames
 
 
-def _gain_matched(reference: np.ndarray, tiles: np.ndarray) -> np.ndarray:
-    """`reference` scaled to the brightness of `tiles`: exposure normalisation (and a
-    camera's auto-exposure) moves every pixel when something enters the view, which must not
-    read as new content everywhere. The gain is the median ratio over all pixels, which the
-    minority that really changed cannot move."""
-    ref = reference.astype(np.float32)
+def _grey(tiles: np.ndarray) -> np.ndarray:
+    """(tiles, t, t, 3) uint8 -> (tiles, t, t) uint8: stillness is judged in brightness."""
+    return (tiles.astype(np.uint16).sum(axis=-1) // 3).astype(np.uint8)
+
+
+def _gain_matched(reference: np.ndarray, grey: np.ndarray) -> np.ndarray:
+    """`reference` scaled to the brightness of `grey`: a camera's auto-exposure moves every
+    pixel when something bright or dark enters the view, which must not read as new content
+    everywhere. The gain is the median ratio over the pixels, which the minority that really
+    changed cannot move."""
+    ref = reference.reshape(-1)[::GAIN_STRIDE].astype(np.float32)
+    cur = grey.reshape(-1)[::GAIN_STRIDE].astype(np.float32)
     lit = ref > 16.0
     if not lit.any():
         return reference
-    gain = float(np.median(tiles[lit] / ref[lit]))
-    return np.clip(ref * gain, 0, 255).astype(np.uint8)
+    gain = float(np.median(cur[lit] / ref[lit]))
+    if abs(gain - 1.0) < 0.01:
+        return reference
+    return np.clip(reference.astype(np.float32) * gain, 0, 255).astype(np.uint8)
 
 
 class StillContent:
-    """Per camera: feed every frame's tiles (all of them, in grid order) in capture order."""
+    """Per camera: feed every frame's tiles (all of them, in grid order, without exposure
+    normalisation) in capture order."""
 
     def __init__(self, still_s: float = 4.0, min_share: float = 0.04,
                  background_s: float = 120.0, sample_every_s: float = 2.0):
@@ -67,35 +78,37 @@ class StillContent:
     def update(self, tiles: np.ndarray, now: float) -> np.ndarray:
         """(tiles, t, t, 3) uint8 -> bool per tile: it holds still content now. False for
         every tile until the background and the still_s history exist."""
-        if self._recent and self._recent[-1][1].shape != tiles.shape:
+        grey = _grey(tiles)
+        if self._recent and self._recent[-1][1].shape != grey.shape:
             self.reset()
         if self._recent:
-            self._noise.append(noise_level(self._recent[-1][1], tiles))
-        self._sample(tiles, now)
-        history = [t for s, t in self._recent if now - s <= self.still_s]
+            self._noise.append(noise_level(self._recent[-1][1], grey))
+        self._sample(grey, now)
+        history = [g for s, g in self._recent if now - s <= self.still_s]
         full = bool(self._recent) and now - self._recent[0][0] >= self.still_s * 0.9
-        self._recent.append((now, tiles.copy()))
+        self._recent.append((now, grey))
         while self._recent and now - self._recent[0][0] > self.still_s:
             self._recent.popleft()
         if self._background is None or not full:
             return np.zeros(len(tiles), bool)
-        return self.shares(tiles, history) >= self.min_share
+        spread = np.linspace(0, len(history) - 1, min(HISTORY_FRAMES, len(history)))
+        return self.shares(grey, [history[int(round(i))] for i in spread]) >= self.min_share
 
-    def shares(self, tiles: np.ndarray, history: list[np.ndarray]) -> np.ndarray:
+    def shares(self, grey: np.ndarray, history: list[np.ndarray]) -> np.ndarray:
         """Per tile, the share of pixels that are new against the background and still
-        against every frame of `history`."""
+        against every frame of `history` (all in grey)."""
         level = self.level
-        new = pixel_diff(_gain_matched(self._background, tiles), tiles) > level
+        new = pixel_diff(_gain_matched(self._background, grey), grey) > level
         for past in history:
-            new &= pixel_diff(_gain_matched(past, tiles), tiles) <= level
+            new &= pixel_diff(_gain_matched(past, grey), grey) <= level
         return new.mean(axis=(1, 2))
 
-    def _sample(self, tiles: np.ndarray, now: float) -> None:
+    def _sample(self, grey: np.ndarray, now: float) -> None:
         if self._samples and now - self._samples[-1][0] < self.sample_every_s:
             return
-        self._samples.append((now, tiles.copy()))
+        self._samples.append((now, grey))
         while now - self._samples[0][0] > self.background_s:
             self._samples.popleft()
         if len(self._samples) >= MIN_SAMPLES:
-            stack = np.stack([t for _, t in self._samples])
+            stack = np.stack([g for _, g in self._samples])
             self._background = np.median(stack, axis=0).astype(np.uint8)
