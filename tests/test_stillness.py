@@ -146,3 +146,27 @@ def test_a_passer_by_in_a_new_place_alerts_only_with_passing_alert(tmp_path, tin
     assert len(starts) == 1 and 170 <= starts[0] < 185, starts
     window = CalibrationWindow.load(cam.calibration_path)
     assert window.still is not None and window.still.shape == window.features.shape[:2]
+
+
+def test_refits_keep_the_passing_settings_and_the_still_flags(tmp_path):
+    """feedback grows the window with an alert's frames (they raised it as still content) and
+    refits with the same settings; the flags stay one per frame and tile."""
+    from pathwatch.edge.calibration import refit_calibration
+    from pathwatch.edge.feedback import _grown
+
+    rng = np.random.default_rng(3)
+    grid = TileGrid(320, 240, 32, 3, 1)
+    ident = {"weights_sha256": "a" * 64, "graph_sha256": "b" * 64}
+    passing = {"still_s": 4.0, "min_share": 0.04, "background_s": 120.0}
+    x = _features(rng, 60, 3)
+    still = rng.random((60, 3)) < 0.1
+    cal = fit_calibration("cam", x, grid, ident, "b", fps=5, passing=passing, still=still)
+    window = CalibrationWindow(x, np.arange(60) / 5.0, np.zeros(60, bool), still=still)
+    alert = _features(rng, 10, 3) + 6.0
+    grown = _grown(window, alert, 5.0)
+    assert grown.still.shape == (70, 3) and grown.still[60:].all()
+    refit = refit_calibration(cal, grown, holdout=0.3, false_alarms_per_hour=0.5, trigger=3,
+                              window_frames=5)
+    assert refit.passing == passing
+    assert refit.frame_score(refit.tile_scores(alert[0]), np.ones(3, bool))[0] < \
+        cal.frame_score(cal.tile_scores(alert[0]), np.ones(3, bool))[0]
