@@ -687,6 +687,7 @@ class Camera:
                tile_scores: np.ndarray | None = None) -> FrameResult:
         if tile_scores is None:
             tile_scores = self.calibration.tile_scores(features)
+        raw = tile_scores
         if self._still is not None:  # passing: ignore: what the heatmap lights is what may alert
             tile_scores = still_gated(tile_scores, self._still)
         score, tile = self.calibration.frame_score(tile_scores)
@@ -696,6 +697,8 @@ class Camera:
         self._latency_ms = (self._latency_ms + [latency_ms])[-LATENCY_SAMPLES:]
         col, row = self.grid.position(tile)
         events = self.tracker.update(frame.time, score, self.threshold, [col, row], frame.index)
+        if self._still is not None:
+            events = [self._background_end(e, raw) for e in events]
         self.alert_frames.add(features, events)
         p_normal = self.calibration.p_normal(score)
         self._last_p_normal = p_normal
@@ -706,6 +709,17 @@ class Camera:
         return FrameResult(latency_ms, alerts, self._score_payload(frame, score, [col, row],
                                                                    tile_scores, latency_ms,
                                                                    p_normal))
+
+    def _background_end(self, event: AlertEvent, raw: np.ndarray) -> AlertEvent:
+        """passing: ignore: an alert that ends while its peak tile still scores over the
+        threshold ended because what stayed became background, not because it left."""
+        if event.state != "end" or event.reason != "quiet" or event.peak_tile is None:
+            return event
+        col, row = event.peak_tile
+        if raw[row * self.grid.cols + col] <= self.threshold:
+            return event
+        return dataclasses.replace(event, reason="quiet: what stayed there is background now "
+                                   "(passing: ignore, stillness.background_s)")
 
     def _attachments(self, event: AlertEvent, frame: Frame, tile_scores: np.ndarray,
                      maps: np.ndarray) -> dict[str, bytes]:

@@ -112,12 +112,13 @@ def write_board_video(path, walk, stay, frames):
     return path
 
 
-def watch(tmp_path, tiny_bundle, backend, passing):
+def watch(tmp_path, tiny_bundle, backend, passing, frames=220):
     """Calibrate on 10 s of the empty scene, then a checkerboard walks through the right half
-    for 4 s and stays there for 6 s; the alert events, with the frame each came on."""
-    walk, stay = range(120, 160), range(160, 220)
+    for 4 s and stays there to the end (6 s by default); the alert events, with the frame
+    each came on."""
+    walk, stay = range(120, 160), range(160, frames)
     tmp_path.mkdir()
-    video = write_board_video(tmp_path / "board.avi", walk, stay, 220)
+    video = write_board_video(tmp_path / "board.avi", walk, stay, frames)
     cam, _ = make_camera(tmp_path, tiny_bundle, str(video), plan=CalibrationPlan(frames=100),
                          realtime=False, passing=passing)
     cam.config = cam.config.model_copy(update={"stillness": cam.config.stillness.model_copy(
@@ -127,7 +128,7 @@ def watch(tmp_path, tiny_bundle, backend, passing):
         run_frames(cam, backend, 100)
         settle(cam)
         assert cam.lifecycle is Lifecycle.SCORING
-        results = run_frames(cam, backend, 120)
+        results = run_frames(cam, backend, frames - 100)
     finally:
         cam.stop(2.0, "test")
     return cam, [m.event for r in results for m in r.alerts]
@@ -170,3 +171,14 @@ def test_refits_keep_the_passing_settings_and_the_still_flags(tmp_path):
     assert refit.passing == passing
     assert refit.frame_score(refit.tile_scores(alert[0]), np.ones(3, bool))[0] < \
         cal.frame_score(cal.tile_scores(alert[0]), np.ones(3, bool))[0]
+
+
+def test_a_thing_that_stays_ends_its_alert_as_background_and_says_so(tmp_path, tiny_bundle,
+                                                                     backend):
+    cam, events = watch(tmp_path / "stays", tiny_bundle, backend, "ignore", frames=420)
+    assert [e.state for e in events if e.state != "update"] == ["start", "end"], \
+        [(e.state, e.frame_index, e.reason) for e in events]
+    end = [e for e in events if e.state == "end"][0]
+    # background_s 20: the median holds it once it has been there for over 10 s.
+    assert 260 < end.frame_index < 400, end.frame_index
+    assert end.reason.startswith("quiet: what stayed there is background now"), end.reason
