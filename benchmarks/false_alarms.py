@@ -191,7 +191,8 @@ def vtest_still(grid, events, passing: dict) -> np.ndarray:
     computes them frame by frame (edge/stillness.py)."""
     from pathwatch.edge.stillness import StillContent
 
-    still, grid = StillContent(**passing), dataclasses.replace(grid, exposure="off")
+    still = StillContent.for_grid(passing, grid.count)
+    grid = dataclasses.replace(grid, exposure="off")
     return np.stack([still.update(grid.cut(image), i / VTEST_FPS)
                      for i, image in enumerate(vtest_frames(events))])
 
@@ -212,7 +213,7 @@ def vtest_run(args, backend, bundle, policy, passing: str = "alert") -> dict | N
     n_cal = int(args.vtest_window * fps)
     settings = still = None
     if passing == "ignore":
-        settings = StillnessSection().model_dump()
+        settings = StillnessSection(still_s=args.still_s, min_area=args.min_area).model_dump()
         still = vtest_still(grid, all_events, settings)
     cal = calibrate(feats[:n_cal], grid, bundle, fps, args, settings,
                     None if still is None else still[:n_cal])
@@ -275,6 +276,7 @@ def model_summary(runs: list[dict], targets) -> list[dict]:
 
 def main() -> int:
     from pathwatch.edge.alerts import AlertPolicy
+    from pathwatch.edge.config import StillnessSection
     from pathwatch.edge.backends import load_backend
     from pathwatch.edge.models import load_bundle
 
@@ -290,6 +292,10 @@ def main() -> int:
                    help="rates at which the tail model alone is checked (no floor)")
     p.add_argument("--vtest-window", type=float, default=40.0)
     p.add_argument("--vtest-tiles", type=int, nargs=2, default=[4, 3])
+    p.add_argument("--still-s", type=float, default=StillnessSection().still_s,
+                   help="stillness.still_s for passing: ignore")
+    p.add_argument("--min-area", type=float, default=StillnessSection().min_area,
+                   help="stillness.min_area for passing: ignore")
     p.add_argument("--only", choices=["vtest"], help="only the real footage (both passing settings)")
     p.add_argument("--json")
     args = p.parse_args()

@@ -47,7 +47,7 @@ VERSION = 2  # 2: out-of-fold scores and the tail fit; version 1 files still loa
 TRIM_IQR = 10.0  # normal frame scores are heavy-tailed; an event scores far beyond this
 TRIM_PAD_S = 0.5  # frames this close to a trimmed one go too (the event's onset and tail)
 MAX_TRIMMED = 0.25  # a window with more to trim than this is refused
-PASSING_KEYS = ("still_s", "min_share", "background_s")  # a passing: ignore camera's settings
+PASSING_KEYS = ("still_s", "min_area", "background_s")  # a passing: ignore camera's settings
 # passing: ignore: a still tile must score at least this far above the typical tile (robust
 # standard deviations) to alert, whatever the window held (it may hold no still content).
 STILL_LEAST = 5.0

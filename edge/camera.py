@@ -253,7 +253,7 @@ class Camera:
         if self.cfg.passing != "ignore":
             return None
         st = self.config.stillness
-        return {"still_s": st.still_s, "min_share": st.min_share,
+        return {"still_s": st.still_s, "min_area": st.min_area,
                 "background_s": st.background_s}
 
     def collection_progress(self) -> tuple[float, float]:
@@ -360,7 +360,7 @@ class Camera:
         if self.steps is not None:
             self.steps.reset()
         if self._passing() is not None:
-            self.still = StillContent(**self._passing())
+            self.still = StillContent.for_grid(self._passing(), self.grid.count)
             # Stillness compares raw pixels: exposure normalisation moves every pixel a little
             # whenever something enters the view.
             self._raw_grid = dataclasses.replace(self.grid, exposure="off")

@@ -149,8 +149,9 @@ class StillnessSection(Strict):
     new thing that stays, as opposed to traffic passing through."""
     still_s: float = Field(4.0, gt=0.0, le=60.0, description="new pixels must not have moved "
                            "for this long (seconds)")
-    min_share: float = Field(0.04, gt=0.0, le=1.0, description="share of a tile's pixels that "
-                             "must be new and still for the tile to count")
+    min_area: float = Field(0.0033, gt=0.0, le=1.0, description="share of the view (the "
+                            "roi) that must be new and still within one tile for the tile to "
+                            "count (0.0033: 4% of a tile of the 4 x 3 grid, 16% at 8 x 6)")
     background_s: float = Field(120.0, ge=20.0, description="the background is the per-pixel "
                                 "median of this many recent seconds (a thing staying longer "
                                 "than about half of it becomes background)")

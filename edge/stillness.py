@@ -4,7 +4,8 @@ On a camera where people or vehicles pass as part of normal (`passing: ignore`),
 a tile where the calibration window saw nobody scores like an object set down there: both are
 "a new thing in this tile" to the tile densities. What tells them apart is that passing
 traffic moves and a thing left behind stays. A tile counts as holding still content when at
-least `min_share` of its pixels
+least `min_share` of its pixels (the camera sets it from `stillness.min_area`, a share of the
+whole view, so that the same object counts at any tile grid)
 
 - differ from the scene's background (the per-pixel median of one frame every
   `sample_every_s` over the last `background_s`: passers-by are outvoted), and
@@ -61,6 +62,13 @@ class StillContent:
         self.still_s, self.min_share = still_s, min_share
         self.background_s, self.sample_every_s = background_s, sample_every_s
         self.reset()
+
+    @classmethod
+    def for_grid(cls, settings: dict, tiles: int) -> "StillContent":
+        """From a camera's `stillness` settings (still_s, min_area, background_s) for a grid
+        of `tiles` tiles: min_area is a share of the view, min_share of one tile."""
+        return cls(settings["still_s"], min(1.0, settings["min_area"] * tiles),
+                   settings["background_s"])
 
     def reset(self) -> None:
         """Forget the scene (a new grid)."""

@@ -75,7 +75,7 @@ def test_a_calibration_fitted_with_still_flags_scores_as_the_camera_will(tmp_pat
     grid = TileGrid(320, 240, 32, 3, 1)
     ident = {"weights_sha256": "a" * 64, "graph_sha256": "b" * 64}
     x = _features(rng, 60, 3)
-    passing = {"still_s": 4.0, "min_share": 0.04, "background_s": 120.0}
+    passing = {"still_s": 4.0, "min_area": 0.0033, "background_s": 120.0}
     still = np.zeros((60, 3), bool)  # nothing stayed in the window
     still[:, 2] = True  # but tile 2's ordinary content counts as still (a background edge)
     gated = fit_calibration("cam", x, grid, ident, "b", fps=5, passing=passing, still=still)
@@ -122,7 +122,7 @@ def watch(tmp_path, tiny_bundle, backend, passing, frames=220):
     cam, _ = make_camera(tmp_path, tiny_bundle, str(video), plan=CalibrationPlan(frames=100),
                          realtime=False, passing=passing)
     cam.config = cam.config.model_copy(update={"stillness": cam.config.stillness.model_copy(
-        update={"still_s": 1.0, "background_s": 20.0})})
+        update={"still_s": 1.0, "min_area": 0.01, "background_s": 20.0})})
     cam.start()
     try:
         run_frames(cam, backend, 100)
@@ -141,7 +141,8 @@ def test_a_passer_by_in_a_new_place_alerts_only_with_passing_alert(tmp_path, tin
     assert starts and 120 <= starts[0] < 160, starts  # the walk itself alerts
 
     cam, events = watch(tmp_path / "ignore", tiny_bundle, backend, "ignore")
-    assert cam.calibration.passing == {"still_s": 1.0, "min_share": 0.04, "background_s": 20.0}
+    assert cam.calibration.passing == {"still_s": 1.0, "min_area": 0.01, "background_s": 20.0}
+    assert cam.still.min_share == pytest.approx(0.04)  # of each of the 2 x 2 tiles
     starts = [e.frame_index for e in events if e.state == "start"]
     # No alert while it walks; one once it has stood still for still_s (10 frames).
     assert len(starts) == 1 and 170 <= starts[0] < 185, starts
@@ -158,7 +159,7 @@ def test_refits_keep_the_passing_settings_and_the_still_flags(tmp_path):
     rng = np.random.default_rng(3)
     grid = TileGrid(320, 240, 32, 3, 1)
     ident = {"weights_sha256": "a" * 64, "graph_sha256": "b" * 64}
-    passing = {"still_s": 4.0, "min_share": 0.04, "background_s": 120.0}
+    passing = {"still_s": 4.0, "min_area": 0.0033, "background_s": 120.0}
     x = _features(rng, 60, 3)
     still = rng.random((60, 3)) < 0.1
     cal = fit_calibration("cam", x, grid, ident, "b", fps=5, passing=passing, still=still)
