@@ -359,8 +359,9 @@ class Camera:
             self.gate.reset()  # tiles of another size or place
         if self.steps is not None:
             self.steps.reset()
-        if self._passing() is not None:
-            self.still = StillContent.for_grid(self._passing(), self.grid.count)
+        passing = self._passing()
+        if passing is not None:
+            self.still = StillContent.for_grid(passing, self.grid.count)
             # Stillness compares raw pixels: exposure normalisation moves every pixel a little
             # whenever something enters the view.
             self._raw_grid = dataclasses.replace(self.grid, exposure="off")
@@ -368,7 +369,7 @@ class Camera:
             return self.lifecycle is not Lifecycle.REFUSED
         try:
             self.calibration.check(self.bundle.identity(), self.grid, self.calibration_path,
-                                   self._passing())
+                                   passing)
         except CalibrationError as e:
             self._collect_or_refuse(str(e))
             return self.collecting

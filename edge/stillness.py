@@ -9,11 +9,12 @@ whole view, so that the same object counts at any tile grid)
 
 - differ from the scene's background (the per-pixel median of one frame every
   `sample_every_s` over the last `background_s`: passers-by are outvoted), and
-- have not moved for `still_s` (no frame of the last still_s differs from this one there).
+- have not moved for `still_s` (four frames spread over the last still_s match this one
+  there).
 
 Both comparisons are in grey levels over the camera's own noise, measured here as change
 gating measures it (edge.gating), from consecutive frames. A tile without still content
-cannot raise the frame's score above an ordinary frame's (see Calibration.frame_score), so a
+cannot raise the frame's score above an ordinary frame's (calibration.still_gated), so a
 person walking through a new place is not an alert, while a cat that sits down, a parcel left
 by the road or a person who stands still for still_s is. A thing that stays longer than about
 half of background_s becomes background: its alert ends.
