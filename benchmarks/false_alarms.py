@@ -76,15 +76,16 @@ def tail_model_check(cal, scores: np.ndarray, fps: float, policy, targets) -> li
     binds at such rates), and the alerts that threshold realizes on the watched stream."""
     from pathwatch.edge.threshold import TailFit
 
-    tail = TailFit(**cal.data["threshold"]["tail"])
+    tail = TailFit(**cal.data["threshold"]["alert_tail"])
     hours = len(scores) / fps / 3600.0
     out = []
     for target in targets:
-        p = min(target / (fps * 3600.0 * tail.theta * tail.phi), tail.zeta)
+        p = min(target / (fps * 3600.0 * tail.theta), tail.zeta)
         z = tail.quantile(p)
         n = len(alert_starts(scores, fps, z, policy))
         out.append({"target_per_h": target, "threshold": round(z, 3),
-                    "floor_would_bind": bool(z < tail.max_score), "alerts": n,
+                    "floor_would_bind": bool(z < cal.data["threshold"]["tail"]["max_score"]),
+                    "alerts": n,
                     "rate_per_h": n / hours})
     return out
 

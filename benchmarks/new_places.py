@@ -14,7 +14,7 @@ fitted on the features of:
   min(a,b)  a tile counts as unusual only when unusual under both
 Scores are standardised per tile by the median and MAD of the window's out-of-fold scores (3
 contiguous blocks); a frame's score is its worst tile; the threshold shown is the window's
-largest out-of-fold frame score (a lower bound of the calibrated one). "separation" is the
+largest out-of-fold frame score (a fixed reference level for every pooling). "separation" is the
 lower of the two objects' peaks over the highest normal frame after the window: above 1, a
 threshold exists that alerts on both objects and never on people.
 

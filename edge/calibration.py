@@ -112,8 +112,9 @@ def check_shape(data: dict) -> None:
     for key in ("trigger_frames", "window_frames"):
         if key in thr:
             _whole(thr[key], f"threshold.{key}")
-    if thr.get("tail") is not None:
-        _check_tail(thr["tail"])
+    for key in ("tail", "alert_tail"):  # alert_tail: files written since the alert statistic
+        if thr.get(key) is not None:
+            _check_tail(thr[key], key)
     scores = data.get("scores", {})
     oof = scores.get("out_of_fold", []) if isinstance(scores, dict) else None
     if not isinstance(oof, list):
@@ -151,13 +152,13 @@ def check_shape(data: dict) -> None:
         _finite(t["to_s"], "frames.trimmed[].to_s")
 
 
-def _check_tail(tail) -> None:
+def _check_tail(tail, name: str) -> None:
     fields = {f.name for f in dataclasses.fields(TailFit)}
     if not isinstance(tail, dict) or set(tail) != fields:
-        raise ValueError(f"threshold.tail must be an object with {', '.join(sorted(fields))}")
+        raise ValueError(f"threshold.{name} must be an object with {', '.join(sorted(fields))}")
     for key in fields - {"frames"}:
-        _finite(tail[key], f"threshold.tail.{key}", positive=key in ("sigma", "zeta"))
-    _whole(tail["frames"], "threshold.tail.frames")
+        _finite(tail[key], f"threshold.{name}.{key}", positive=key in ("sigma", "zeta"))
+    _whole(tail["frames"], f"threshold.{name}.frames")
 
 
 @dataclass(frozen=True)
@@ -605,6 +606,9 @@ def fit_calibration(camera: str, features: np.ndarray, grid: TileGrid, bundle_id
         still = np.ones(features.shape[:2], bool)
     fit = _fit_tiles(features[order], grid.active, density, folds, seed,
                      None if passing is None else np.asarray(still, bool)[order])
+    # Back in capture order for the threshold: the alert rule counts consecutive frames, and
+    # frames a user declared normal (an alert's, together in time) must count together.
+    fit = dataclasses.replace(fit, frame_scores=fit.frame_scores[np.argsort(order)])
     choice = choose_threshold(fit.frame_scores, false_alarms_per_hour, fps, trigger, window,
                               None if passing is None else STILL_LEAST)
     return Calibration(_calibration_data(

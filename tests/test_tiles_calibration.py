@@ -8,6 +8,7 @@ from skimage import data
 
 from pathwatch.edge.calibration import Calibration, CalibrationError, fit_calibration
 from pathwatch.edge.tiles import TileGrid, heatmap_image, overlay_image, tile_weights
+from pathwatch.edge.threshold import alert_statistic
 
 
 def frame() -> np.ndarray:
@@ -176,11 +177,12 @@ def test_saving_where_it_cannot_be_written_says_what_to_set(tmp_path):
         cal.save(target)
 
 
-def test_threshold_is_never_below_an_out_of_fold_score():
+def test_threshold_is_never_below_what_the_window_would_have_alerted_on():
     rng = np.random.default_rng(3)
     cal = fit_calibration("cam", _features(rng, 60, 3), TileGrid(320, 240, 32, 3, 1),
                           {"weights_sha256": "a", "graph_sha256": "b"}, "x", fps=5)
-    assert cal.threshold >= max(cal.data["scores"]["out_of_fold"])
+    # The 3rd largest of every 5 consecutive out-of-fold scores: the alert rule's statistic.
+    assert cal.threshold >= alert_statistic(cal.data["scores"]["out_of_fold"], 3, 5).max()
     assert len(cal.data["scores"]["out_of_fold"]) == 60 and cal.data["frames"]["folds"] == 3
 
 
