@@ -57,6 +57,10 @@ class CalibrationError(ValueError):
     """A calibration file that cannot be used for this camera and bundle; says why and the fix."""
 
 
+class ContaminatedWindow(CalibrationError):
+    """A window with too much to trim: a live camera collects a fresh one."""
+
+
 def fit_tile_density(kind: str, x: np.ndarray, seed: int = 0) -> Density:
     if kind == "kde":
         return fit_kde(x, bandwidth="scott", standardize=True)
@@ -592,12 +596,13 @@ def fit_calibration(camera: str, features: np.ndarray, grid: TileGrid, bundle_id
     folds = max(2, min(10, round(1.0 / holdout)))
     distance = feature_distance(features, grid.active)
     declared = np.zeros(n, bool) if declared_normal is None else np.asarray(declared_normal, bool)
-    trimmed = unusual_frames(distance, max(window, int(round(TRIM_PAD_S * fps))), declared) & ~declared
+    pad = max(1, math.ceil(TRIM_PAD_S * fps))  # in time: at 1 fps a frame is already 1 s
+    trimmed = unusual_frames(distance, pad, declared) & ~declared
     kept = n - int(trimmed.sum())
     if trimmed.mean() > MAX_TRIMMED or kept < MIN_CALIBRATION_FRAMES:
         where = ", ".join(f"{t['from_s']:g}-{t['to_s']:g} s" for t in
                           _stretches(times, trimmed, distance)[:5])
-        raise CalibrationError(
+        raise ContaminatedWindow(
             f"the calibration window is too contaminated: {int(trimmed.sum())} of {n} frames "
             f"score far out against the rest (at {where}); calibrate on a stretch without "
             "unusual events, or a longer one")

@@ -15,7 +15,9 @@ from its capture thread (edge.sources: connecting, online, reconnecting, offline
 |              |                                              | ended too soon; `scoring`: reload      |
 |              |                                              | finds a file written since it began    |
 | `fitting`    | the fit runs in its own thread; frames are   | `scoring`: fitted and saved;           |
-|              | taken and counted, not scored                | `refused`: the fit or the write failed |
+|              | taken and counted, not scored                | `collecting`: a live window had too    |
+|              |                                              | much to trim (a fresh one is taken);   |
+|              |                                              | `refused`: the fit or the write failed |
 | `scoring`    | frames are scored, alerts may start          | `collecting` / `refused`: the frame    |
 |              |                                              | size changed and the calibration no    |
 |              |                                              | longer fits (an open alert ends)       |
@@ -51,7 +53,7 @@ from .adaptation import Adaptation, Refresh
 from .alerts import AlertEvent, AlertTracker
 from .bundle import Bundle
 from .calibration import (MIN_CALIBRATION_FRAMES, Calibration, CalibrationError,
-                          CalibrationWindow, fit_calibration, still_gated)
+                          CalibrationWindow, ContaminatedWindow, fit_calibration, still_gated)
 from .clock import RateMeter
 from .config import CameraConfig, Config
 from .dynamic_steps import DynamicSteps
@@ -566,6 +568,11 @@ class Camera:
         self._fit_thread.start()
 
     def _install(self, result: Calibration | CalibrationError | None) -> None:
+        if isinstance(result, ContaminatedWindow) and not self.source.lossless:
+            # A live scene goes on: a later window may be quieter. (A recording's is fixed.)
+            log.warning("camera %s: %s", self.name, result)
+            self._collect_or_refuse("the calibration window was too contaminated to use")
+            return
         if not isinstance(result, Calibration):
             self._refuse(f"calibration failed: {result}")
             return

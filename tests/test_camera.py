@@ -68,8 +68,10 @@ def write_video(path, frames=60, size=(160, 120), object_frames=range(0)):
     return path
 
 
-def make_camera(tmp_path, bundle_dir, source, plan=None, **camera):
+def make_camera(tmp_path, bundle_dir, source, plan=None, details=None, **camera):
+    """A camera and the states it announced; `details` (a list) gets what each one said."""
     plan = plan or CalibrationPlan(frames=FRAMES)
+    details = [] if details is None else details
     cam = {"name": "cam", "source": source, "fps": None, "tiles": [2, 2], **camera}
     config = parse_config(json.dumps({
         "state_dir": str(tmp_path / "state"), "calibration": {"frames": FRAMES},
@@ -77,7 +79,7 @@ def make_camera(tmp_path, bundle_dir, source, plan=None, **camera):
         "cameras": [cam]}), "test")
     statuses = []
     camera = Camera(config.cameras[0], config, Bundle.load(bundle_dir), plan,
-                    lambda name, state, detail: statuses.append(state))
+                    lambda name, state, detail: (statuses.append(state), details.append(detail)))
     return camera, statuses
 
 
@@ -236,6 +238,35 @@ def test_unreachable_source_is_reported_as_such_whatever_the_calibration(tmp_pat
     finally:
         cam.stop(2.0, "test")
     assert cam.stats().state == "offline"
+
+
+def test_a_live_window_too_contaminated_to_use_is_collected_again(tmp_path, tiny_bundle, backend):
+    """For the first 30 s an object flashes up (2 frames of every 20), so a window there has
+    more than a quarter to trim (each flash and half a second either side); then the scene
+    is quiet. A live camera says why it cannot use such a window and collects a fresh one
+    instead of refusing for good."""
+    busy = [i for i in range(300) if i % 20 < 2]
+    video = str(write_video(tmp_path / "busy.avi", frames=600, object_frames=busy))
+    details = []
+    cam, statuses = make_camera(tmp_path, tiny_bundle, video, plan=CalibrationPlan(frames=40),
+                                details=details)
+    cam.start()
+    try:
+        deadline = time.monotonic() + 150
+        while cam.lifecycle is not Lifecycle.SCORING and time.monotonic() < deadline:
+            assert cam.lifecycle is not Lifecycle.REFUSED, cam.refused
+            run_frames(cam, backend, 1, timeout=0.5)
+            settle(cam)
+    finally:
+        cam.stop(2.0, "test")
+    assert cam.lifecycle is Lifecycle.SCORING, statuses
+    said = [d for d in details if "too contaminated" in d]
+    assert said, details
+    assert cam.calibration.data["frames"]["fit"] >= 30  # a later, quieter window was used
+    obj = scene_frame(np.random.default_rng(5), with_object=True)
+    feats, _ = backend(cam.grid.cut(obj))
+    cal = cam.calibration
+    assert cal.frame_score(cal.tile_scores(feats))[0] > cal.threshold
 
 
 def test_an_event_inside_the_calibration_window_is_trimmed_reported_and_still_alerts(
