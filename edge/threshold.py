@@ -20,9 +20,9 @@ that never saw its stretch of the window), in capture order.
 3. M's exceedances come in runs (one alert keeps M over for a few frames): theta =
    runs / exceedances, runs split by more than a window of frames under u. False alerts per
    frame ~ P(M > z) theta. Solving that for the target rate gives z; it is never set below
-   the window's largest M, since calibration saw those frames as normal. (Not below its
-   largest frame score, as before: single frames far out, which the rule never turns into
-   an alert, then set thresholds four times what the target asks.)
+   the window's largest M, since calibration saw those frames as normal. (Not its largest
+   frame score: single frames far out, which the rule never turns into an alert, would set
+   thresholds about four times what the target asks.)
 4. The frame scores' own tail (same fit, its clusters and the share phi of them that the
    rule turns into alerts) is kept for the readable score: how often a normal frame scores
    this high.
