@@ -23,6 +23,7 @@ from false_alarms import VTEST, vtest_frames  # noqa: E402
 
 def main() -> int:
     from pathwatch.edge.backends import load_backend
+    from pathwatch.edge.config import StillnessSection
     from pathwatch.edge.models import load_bundle
     from pathwatch.edge.stillness import StillContent
     from pathwatch.edge.tiles import TileGrid
@@ -38,13 +39,15 @@ def main() -> int:
     bundle = load_bundle(args.bundle, Path.home() / ".cache" / "pathwatch", print)
     backend = load_backend(bundle, "onnxruntime", threads=1, log=print)
     grid = raw = None
-    still, t_still, t_backend = StillContent(), [], []
+    still, t_still, t_backend = None, [], []
     for i, image in enumerate(vtest_frames()):
         if i >= args.frames:
             break
         if grid is None:
             grid = TileGrid(image.shape[1], image.shape[0], bundle.image_size[0], *args.tiles)
             raw = dataclasses.replace(grid, exposure="off")
+            # As the camera builds it from its settings (min_area: a share of the view).
+            still = StillContent.for_grid(StillnessSection().model_dump(), grid.count)
         t0 = time.perf_counter()
         still.update(raw.cut(image), i / 5.0)
         t1 = time.perf_counter()
