@@ -19,7 +19,10 @@ that never saw its stretch of the window), in capture order.
    excesses claims an end point that hours of frames go past.
 3. M's exceedances come in runs (one alert keeps M over for a few frames): theta =
    runs / exceedances, runs split by more than a window of frames under u. False alerts per
-   frame ~ P(M > z) theta. Solving that for the target rate gives z; it is never set below
+   frame ~ P(M > z) theta. Solving that for the target rate gives z, read predictively: a
+   scale fitted on k excesses (tens at 1 fps) is itself noisy, and a plug-in quantile is
+   exceeded more often than its p on average; z is the score whose average exceedance, over
+   the windows the fit could have come from, is p. It is never set below
    the window's largest M, since calibration saw those frames as normal. (Not its largest
    frame score: single frames far out, which the rule never turns into an alert, would set
    thresholds about four times what the target asks.)
@@ -69,6 +72,20 @@ class TailFit:
         if abs(self.xi) < 1e-9:
             return self.u - self.sigma * math.log(r)
         return self.u + self.sigma / self.xi * (r ** (-self.xi) - 1.0)
+
+    @property
+    def excesses(self) -> int:
+        return max(1, round(self.zeta * self.frames))
+
+    def predictive_quantile(self, p: float) -> float:
+        """The score exceeded with probability p on average over the windows this fit could
+        have come from. A quantile read off a scale fitted on k excesses is exceeded more often
+        than asked (for an exponential tail (1 + log(zeta/p) / k) ^ -k on average, twice p at
+        k = 23), so it is read at the level whose average exceedance is p: exact for the
+        exponential tail, where excess / (sum of the k excesses) is a pivot."""
+        k = self.excesses
+        r = min(p / self.zeta, 1.0)
+        return self.quantile(self.zeta * math.exp(-k * (r ** (-1.0 / k) - 1.0)))
 
 
 @dataclass(frozen=True)
@@ -142,6 +159,15 @@ def fit_tail(scores: np.ndarray, trigger: int, window: int, xi_range=XI_RANGE) -
                    float(s.max()))
 
 
+def tail_threshold(alert_tail: TailFit, false_alarms_per_hour: float,
+                   fps: float) -> tuple[float, float]:
+    """The alert statistic's tail alone (no floor): the score for the target rate, and the
+    per-frame exceedance of the statistic it stands for."""
+    frames_per_hour = max(fps, 1e-3) * 3600.0
+    p = min(false_alarms_per_hour / (frames_per_hour * alert_tail.theta), alert_tail.zeta)
+    return alert_tail.predictive_quantile(p), p
+
+
 def choose_threshold(scores: np.ndarray, false_alarms_per_hour: float, fps: float,
                      trigger: int, window: int, least: float | None = None) -> Threshold:
     """`scores`: out-of-fold frame scores in capture order. `least`: a threshold never below
@@ -149,9 +175,7 @@ def choose_threshold(scores: np.ndarray, false_alarms_per_hour: float, fps: floa
     tail = fit_tail(scores, trigger, window)
     # Every exceedance of the alert statistic is an alert (trigger 1 of 1 on M).
     alert_tail = fit_tail(alert_statistic(scores, trigger, window), 1, window, ALERT_XI_RANGE)
-    frames_per_hour = max(fps, 1e-3) * 3600.0
-    p = min(false_alarms_per_hour / (frames_per_hour * alert_tail.theta), alert_tail.zeta)
-    z = alert_tail.quantile(p)
+    z, p = tail_threshold(alert_tail, false_alarms_per_hour, fps)
     floor = alert_tail.max_score
     how = (f"Pareto tail of the {trigger}-of-{window} statistic (xi={alert_tail.xi:.2f}) at "
            f"p={p:.1e} per frame" if z >= floor

@@ -19,6 +19,23 @@ def test_pareto_tail_recovers_a_known_shape_and_quantile():
     assert tail.survival(tail.quantile(p)) == pytest.approx(p, rel=1e-6)
 
 
+@pytest.mark.parametrize("frames", [20, 120, 600])
+def test_the_predictive_quantile_is_exceeded_as_often_as_asked(frames):
+    """Windows of exponential scores (the shape the alert tail is mostly held at): the score
+    read off each window's fit is exceeded with probability p on average over windows. The
+    plug-in quantile is exceeded 9x (20 frames), 1.9x (120) and 1.15x (600) as often."""
+    import math
+
+    rng = np.random.default_rng(3)
+    p = 1e-3
+    fits = [fit_tail(rng.exponential(1.0, frames), 1, 1, (0.0, 0.0)) for _ in range(2000)]
+    predictive = np.mean([math.exp(-t.predictive_quantile(p)) for t in fits]) / p
+    plug_in = np.mean([math.exp(-t.quantile(p)) for t in fits]) / p
+    assert 0.8 < predictive < 1.6, predictive
+    assert plug_in > predictive * 1.05, (plug_in, predictive)
+    assert fits[0].predictive_quantile(p) > fits[0].quantile(p)
+
+
 def test_clusters_split_on_gaps_longer_than_the_window():
     over = np.zeros(30, bool)
     over[[2, 3, 5, 20, 21, 29]] = True
