@@ -68,10 +68,14 @@ class TailFit:
 
     def quantile(self, p: float) -> float:
         """The score a normal frame exceeds with probability p (p < zeta)."""
-        r = p / self.zeta
+        return self._quantile_log(math.log(p / self.zeta))
+
+    def _quantile_log(self, log_r: float) -> float:
+        """The quantile at exceedance zeta * exp(log_r), log_r <= 0 (in logs: the predictive
+        level can be far below what a float holds)."""
         if abs(self.xi) < 1e-9:
-            return self.u - self.sigma * math.log(r)
-        return self.u + self.sigma / self.xi * (r ** (-self.xi) - 1.0)
+            return self.u - self.sigma * log_r
+        return self.u + self.sigma / self.xi * math.expm1(min(-self.xi * log_r, 700.0))
 
     @property
     def excesses(self) -> int:
@@ -84,8 +88,8 @@ class TailFit:
         k = 23), so it is read at the level whose average exceedance is p: exact for the
         exponential tail, where excess / (sum of the k excesses) is a pivot."""
         k = self.excesses
-        r = min(p / self.zeta, 1.0)
-        return self.quantile(self.zeta * math.exp(-k * (r ** (-1.0 / k) - 1.0)))
+        log_r = min(math.log(p / self.zeta), 0.0)
+        return self._quantile_log(-k * math.expm1(-log_r / k))
 
 
 @dataclass(frozen=True)
