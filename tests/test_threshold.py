@@ -19,21 +19,35 @@ def test_pareto_tail_recovers_a_known_shape_and_quantile():
     assert tail.survival(tail.quantile(p)) == pytest.approx(p, rel=1e-6)
 
 
-@pytest.mark.parametrize("frames", [20, 120, 600])
-def test_the_predictive_quantile_is_exceeded_as_often_as_asked(frames):
-    """Windows of exponential scores (the shape the alert tail is mostly held at): the score
-    read off each window's fit is exceeded with probability p on average over windows. The
-    plug-in quantile is exceeded 9x (20 frames), 1.9x (120) and 1.15x (600) as often."""
+@pytest.mark.parametrize("k", [4, 24, 120])
+def test_the_predictive_quantile_is_exceeded_as_often_as_asked(k):
+    """k independent exponential excesses over u (the shape the alert tail is mostly held
+    at): the score read off each sample's fit is exceeded with probability p on average over
+    samples. The plug-in quantile is exceeded about 9x (k = 4), 2x (24) and 1.2x (120) as
+    often."""
     import math
 
+    from pathwatch.edge.threshold import TailFit
+
     rng = np.random.default_rng(3)
-    p = 1e-3
-    fits = [fit_tail(rng.exponential(1.0, frames), 1, 1, (0.0, 0.0)) for _ in range(2000)]
-    predictive = np.mean([math.exp(-t.predictive_quantile(p)) for t in fits]) / p
-    plug_in = np.mean([math.exp(-t.quantile(p)) for t in fits]) / p
-    assert 0.8 < predictive < 1.6, predictive
-    assert plug_in > predictive * 1.05, (plug_in, predictive)
-    assert fits[0].predictive_quantile(p) > fits[0].quantile(p)
+    zeta, p = 0.2, 1e-3
+    fits = [TailFit(u=0.0, zeta=zeta, xi=0.0, sigma=float(rng.exponential(1.0, k).mean()),
+                    theta=1.0, phi=1.0, frames=int(k / zeta), max_score=0.0)
+            for _ in range(20000)]
+    assert fits[0].independent_excesses == k
+    exceeded = lambda z: zeta * math.exp(-z)  # the true tail  # noqa: E731
+    predictive = np.mean([exceeded(t.predictive_quantile(p)) for t in fits]) / p
+    plug_in = np.mean([exceeded(t.quantile(p)) for t in fits]) / p
+    assert predictive == pytest.approx(1.0, abs=0.1), predictive
+    assert plug_in > 1.1, plug_in
+
+
+def test_runs_not_frames_count_as_independent_excesses():
+    # Each value held for 5 frames: five times the excess frames, the same information.
+    s = np.random.default_rng(4).exponential(1.0, 400)
+    once, held = fit_tail(s, 1, 1), fit_tail(np.repeat(s, 5), 1, 1)
+    assert held.zeta * held.frames >= 4.5 * once.zeta * once.frames
+    assert held.independent_excesses <= 1.5 * once.independent_excesses
 
 
 def test_clusters_split_on_gaps_longer_than_the_window():
