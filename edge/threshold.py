@@ -47,6 +47,7 @@ TAIL_QUANTILE = 0.8  # u: few calibration frames, so a generous tail (SPOT uses 
 MIN_EXCESSES = 8  # below this a Pareto fit means nothing; the exponential (xi = 0) is used
 XI_RANGE = (-0.5, 1.0)  # shapes outside this are fitting noise on tens of points
 ALERT_XI_RANGE = (0.0, 1.0)  # the threshold extrapolates beyond the window: no end point
+FEW_RUNS = 5  # under this many runs of excesses the predictive read more than doubles the tail
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,11 @@ def choose_threshold(scores: np.ndarray, false_alarms_per_hour: float, fps: floa
            else f"the window's largest {trigger}-of-{window} statistic")
     if least is not None and max(z, floor) < least:
         z, how = least, f"the still-content least ({least:g})"
+    runs = alert_tail.independent_excesses
+    few = (f"; only {runs} run{'s' * (runs != 1)} of high scores in the window: the threshold "
+           f"is far out and unsteady; a longer calibration.seconds gives a steadier one"
+           if runs < FEW_RUNS else "")
     return Threshold(max(z, floor), f"{how}, for {false_alarms_per_hour:g}/h at {fps:g} fps, "
-                     f"{trigger} of {window} (runs: theta={alert_tail.theta:.2f})", p, tail,
+                     f"{trigger} of {window} (runs: {runs}, theta={alert_tail.theta:.2f}){few}",
+                     p, tail,
                      alert_tail)

@@ -117,3 +117,11 @@ def test_more_false_alarms_allowed_means_a_lower_threshold_never_below_the_windo
     # Never below what the window itself would have alerted on, by the same rule.
     assert lax.value == alert_statistic(s, 3, 5).max()
     assert "largest 3-of-5 statistic" in lax.method
+
+
+def test_a_threshold_resting_on_few_runs_says_so_and_names_the_fix():
+    rng = np.random.default_rng(5)
+    short = choose_threshold(rng.exponential(1.0, 20), 0.5, 10.0, 3, 5)
+    long = choose_threshold(rng.exponential(1.0, 3000), 0.5, 10.0, 3, 5)
+    assert "calibration.seconds" in short.method and "calibration.seconds" not in long.method
+    assert short.alert_tail.independent_excesses < 5 <= long.alert_tail.independent_excesses
