@@ -23,8 +23,8 @@ that never saw its stretch of the window), in capture order.
    scale fitted on k runs of excesses (5 to 25 in 2 minutes at 1 to 5 fps) is noisy,
    and a plug-in quantile is exceeded more often than its p on average; z is the score
    whose average exceedance, over the windows the fit could have come from, is p. (Counting
-   excess frames instead of runs still realized 2.1x the target over 60 demo calibrations,
-   runs 0.6x; the plug-in quantile 3x.) It is never set below
+   excess frames instead of runs realized 2.1x the 0.5/h target over 60 demo calibrations,
+   runs 0.63x: benchmarks/false_alarms.py.) It is never set below
    the window's largest M, since calibration saw those frames as normal. (Not its largest
    frame score: single frames far out, which the rule never turns into an alert, would set
    thresholds about four times what the target asks.)
