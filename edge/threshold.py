@@ -90,8 +90,9 @@ class TailFit:
         """The score exceeded with probability p on average over the windows this fit could
         have come from. A quantile read off a scale fitted on k independent excesses is
         exceeded more often than asked (for an exponential tail (1 + log(zeta/p) / k) ^ -k on
-        average, twice p at k = 23), so it is read at the level whose average exceedance is
-        p: exact for the exponential tail, where excess / (sum of the k excesses) is a pivot.
+        average: twice p at k = 23 for p/zeta = 2.3e-3), so it is read at the level whose
+        average exceedance is p: exact for the exponential tail, where excess / (sum of the k
+        excesses) is a pivot.
         k counts runs, not frames: the excesses within a run move together."""
         k = self.independent_excesses
         log_r = min(math.log(p / self.zeta), 0.0)
